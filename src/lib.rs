@@ -1,5 +1,17 @@
 //! sluice: an MQTT broker for IoT sensor ingestion whose acknowledged QoS 1 messages are
-//! never lost. See README.md for the map of modules and the data flow.
+//! never lost.
+//!
+//! The data flow: `listener` accepts → `connection` (handshake, reader, writer) →
+//! `session` registry → `router` (topic trie, retained) → each target session's queue →
+//! the owning connection's writer. `broker` wires it together; `protocol` is the only
+//! module that knows the wire format.
 #![forbid(unsafe_code)]
 
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
 pub mod protocol;
+pub mod router;
+pub mod session;

@@ -1,0 +1,291 @@
+//! The parsed, validated configuration tree.
+//!
+//! Owns nothing at run time: `main` loads a [`Config`] (from the embedded defaults, a
+//! TOML file, and command-line overrides), calls [`Config::validate`], and hands it to the
+//! broker. Every option is documented with its default in `config/sluice.toml`, which is
+//! embedded here so `sluice config` prints it and a test keeps it equal to `Default`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The commented default configuration file, printed by `sluice config`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/sluice.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub shutdown_grace_secs: u64,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub metrics: MetricsConfig,
+    pub limits: Limits,
+    pub session: SessionConfig,
+    pub store: StoreSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    #[serde(default = "default_listener_kind")]
+    pub kind: ListenerKind,
+}
+
+fn default_listener_kind() -> ListenerKind {
+    ListenerKind::Tcp
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_packet_size: u32,
+    pub max_connections: usize,
+    pub connect_timeout_secs: u64,
+    pub max_inflight: u16,
+    pub receive_maximum: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub max_topic_levels: usize,
+    pub max_client_id_len: usize,
+    pub max_subscriptions_per_client: usize,
+    pub topic_alias_maximum: u16,
+    pub max_keepalive_secs: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub persistent_session_expiry_secs: u32,
+    pub queue_qos0_offline: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Fsync,
+    Write,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    pub durability: Durability,
+    pub segment_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            shutdown_grace_secs: 5,
+            listeners: vec![ListenerConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+                kind: ListenerKind::Tcp,
+            }],
+            metrics: MetricsConfig::default(),
+            limits: Limits::default(),
+            session: SessionConfig::default(),
+            store: StoreSettings::default(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9641)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 1024 * 1024,
+            max_connections: 100_000,
+            connect_timeout_secs: 10,
+            max_inflight: 100,
+            receive_maximum: 100,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_topic_levels: 64,
+            max_client_id_len: 256,
+            max_subscriptions_per_client: 1000,
+            topic_alias_maximum: 64,
+            max_keepalive_secs: 0,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            persistent_session_expiry_secs: 0,
+            queue_qos0_offline: false,
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            durability: Durability::Fsync,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; `path` only names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &span_hint(text, e.span()),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Checks the values serde cannot: ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, why: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                why: why.to_owned(),
+            })
+        };
+        let l = &self.limits;
+        if self.listeners.is_empty() {
+            return invalid("listener", "at least one [[listener]] is needed");
+        }
+        if !(64..=268_435_460).contains(&l.max_packet_size) {
+            return invalid(
+                "limits.max_packet_size",
+                "must be between 64 and 268435460 bytes (the protocol maximum)",
+            );
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if l.connect_timeout_secs == 0 {
+            return invalid("limits.connect_timeout_secs", "must be at least 1");
+        }
+        if l.max_inflight == 0 {
+            return invalid("limits.max_inflight", "must be at least 1");
+        }
+        if l.receive_maximum == 0 {
+            return invalid(
+                "limits.receive_maximum",
+                "must be at least 1 (MQTT 5 §3.2.2.3.3: a Receive Maximum of 0 is a protocol error)",
+            );
+        }
+        if l.max_queued_messages == 0 || l.max_queued_bytes == 0 {
+            return invalid(
+                "limits.max_queued_messages",
+                "queue limits must be at least 1",
+            );
+        }
+        if l.max_topic_levels == 0 {
+            return invalid("limits.max_topic_levels", "must be at least 1");
+        }
+        if !(23..=65535).contains(&l.max_client_id_len) {
+            return invalid(
+                "limits.max_client_id_len",
+                "must be between 23 (the spec's minimum [MQTT-3.1.3-5]) and 65535",
+            );
+        }
+        if l.max_subscriptions_per_client == 0 {
+            return invalid("limits.max_subscriptions_per_client", "must be at least 1");
+        }
+        if self.store.segment_bytes < 4096 {
+            return invalid("store.segment_bytes", "must be at least 4096");
+        }
+        Ok(())
+    }
+}
+
+/// " (line N)" for a byte span in `text`, so the error points at the key.
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_file_equals_default() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG_TOML, Path::new("sluice.toml"))
+            .expect("embedded config parses");
+        assert_eq!(parsed, Config::default());
+        parsed.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[limits]\nmax_pakcet_size = 5\n", Path::new("x.toml"))
+            .expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("max_pakcet_size"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("[limits]\nmax_packet_size = 10\n", "limits.max_packet_size"),
+            ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
+            ("[limits]\nmax_client_id_len = 5\n", "limits.max_client_id_len"),
+            ("listener = []\n", "listener"),
+        ];
+        for (text, key) in cases {
+            let cfg = Config::from_toml(text, Path::new("x.toml")).expect("parses");
+            let err = cfg.validate().expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let err = Config::from_toml("[store]\ndurability = \"sometimes\"\n", Path::new("x"))
+            .expect_err("bad enum");
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+}

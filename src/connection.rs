@@ -1,0 +1,1039 @@
+//! One client connection: handshake, reader, writer, keepalive and shutdown.
+//!
+//! Owns the socket, its read and write buffers, the keepalive deadline, inbound topic
+//! aliases and the will. The task that calls [`serve`] reads and handles packets; a
+//! second task (the writer) owns the write half and sends, in order, the control packets
+//! the reader hands it (CONNACK, acks, SUBACK, ...) and then whatever the session queue
+//! holds, within the inflight window, several packets per `write`.
+//!
+//! The reader only ever waits on the socket, the writer's channel (backpressure when the
+//! client does not read), the kick of a takeover, and shutdown — all in one `select!`.
+
+use crate::broker::Broker;
+use crate::message::{now_ms, Message};
+use crate::protocol::{
+    self, reason, ConnAck, ConnAckProperties, Connect, Disconnect, LastWill, Packet,
+    ProtocolError, ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
+};
+use crate::router::topic;
+use crate::session::{
+    next_connection_id, Delivery, LinkLimits, Outgoing, QueueLimits, Session,
+    SubscriptionRecord, EXPIRY_NEVER,
+};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// Control packets the reader may queue for the writer before it stops reading.
+const CONTROL_CAPACITY: usize = 256;
+/// Most packets the writer encodes before one `write`.
+const WRITE_BATCH: usize = 256;
+/// Read buffer to start with and to shrink back to when idle.
+const READ_BUFFER: usize = 4 * 1024;
+/// How long the reader waits for the writer to flush its last packets.
+const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+/// What the reader asks of the writer.
+enum Control {
+    Packet(Packet),
+    /// Retained messages for a new subscription: queued after its SUBACK is encoded.
+    Enqueue(Vec<Delivery>),
+    /// Send this DISCONNECT (v5) if any, flush, and close.
+    Close(Option<Disconnect>),
+}
+
+/// Why the connection ends.
+#[derive(Debug)]
+enum Exit {
+    /// The client sent DISCONNECT; `will` is true for v5 reason 0x04.
+    Disconnect { will: bool },
+    /// The socket closed or failed without a DISCONNECT.
+    Lost(String),
+    KeepAlive,
+    Protocol(ProtocolError),
+    /// The broker refuses something; v5 clients get DISCONNECT with `code`.
+    Refused { code: u8, why: String },
+    TakenOver,
+    Shutdown,
+    WriterGone,
+}
+
+impl Exit {
+    fn publishes_will(&self) -> bool {
+        match self {
+            Exit::Disconnect { will } => *will,
+            _ => true,
+        }
+    }
+
+    fn disconnect_code(&self) -> Option<u8> {
+        match self {
+            Exit::Disconnect { .. } | Exit::Lost(_) | Exit::WriterGone => None,
+            Exit::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+            Exit::Protocol(e) => Some(e.reason_code()),
+            Exit::Refused { code, .. } => Some(*code),
+            Exit::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+            Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+        }
+    }
+}
+
+static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// A client id for a client that sent none (3.1.1 clean session, or v5).
+fn assign_client_id() -> String {
+    let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);
+    format!("sluice-{:x}-{n}", now_ms())
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        metrics::counter!("sluice_connections_accepted_total").increment(1);
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        let connect = match read_connect(&mut rd, &mut buf, &broker).await {
+            Ok(c) => c,
+            Err(ConnectFailure::Answer { connack, version, why }) => {
+                info!(reason = %why, "CONNECT refused");
+                let mut out = BytesMut::new();
+                protocol::encode(&Packet::ConnAck(connack), version, &mut out);
+                let _ = wr.write_all(&out).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+            Err(ConnectFailure::Close(why)) => {
+                info!(reason = %why, "connection closed before CONNECT completed");
+                return;
+            }
+        };
+        let conn = match Connection::handshake(connect, &broker) {
+            Ok(c) => c,
+            Err((connack, version, why)) => {
+                info!(reason = %why, "CONNECT refused");
+                metrics::counter!("sluice_connections_refused_total", "reason" => "connect")
+                    .increment(1);
+                let mut out = BytesMut::new();
+                protocol::encode(&Packet::ConnAck(connack), version, &mut out);
+                let _ = wr.write_all(&out).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        };
+        tracing::Span::current().record("client_id", &*conn.session.client_id);
+        conn.run(rd, wr, buf, broker).await;
+    }
+    .instrument(span)
+    .await
+}
+
+enum ConnectFailure {
+    /// Answer with this CONNACK, then close.
+    Answer {
+        connack: ConnAck,
+        version: ProtocolVersion,
+        why: String,
+    },
+    Close(String),
+}
+
+/// Reads until one CONNECT is decoded, within the configured time [MQTT-3.1.0-1].
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    broker: &Broker,
+) -> Result<Box<Connect>, ConnectFailure> {
+    let limits = &broker.config.limits;
+    let deadline = Instant::now() + Duration::from_secs(limits.connect_timeout_secs);
+    loop {
+        match protocol::decode(buf, None, limits.max_packet_size as usize) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(other)) => {
+                return Err(ConnectFailure::Close(format!(
+                    "[MQTT-3.1.0-1] first packet was {}, not CONNECT",
+                    other.name()
+                )))
+            }
+            Ok(None) => {}
+            Err(e) if e.reason_code() == reason::UNSUPPORTED_PROTOCOL_VERSION => {
+                metrics::counter!("sluice_connections_refused_total", "reason" => "protocol")
+                    .increment(1);
+                // A 3.1.1-format CONNACK with return code 1 is what every client
+                // version understands [MQTT-3.1.2-2].
+                return Err(ConnectFailure::Answer {
+                    connack: ConnAck {
+                        session_present: false,
+                        code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        properties: ConnAckProperties::default(),
+                    },
+                    version: ProtocolVersion::V3_1_1,
+                    why: e.to_string(),
+                });
+            }
+            Err(e) => {
+                metrics::counter!("sluice_connections_refused_total", "reason" => "protocol")
+                    .increment(1);
+                return Err(ConnectFailure::Close(e.to_string()));
+            }
+        }
+        match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
+            Err(_) => {
+                metrics::counter!("sluice_connections_refused_total", "reason" => "timeout")
+                    .increment(1);
+                return Err(ConnectFailure::Close(format!(
+                    "no CONNECT within {}s",
+                    limits.connect_timeout_secs
+                )));
+            }
+            Ok(Ok(0)) => return Err(ConnectFailure::Close("peer closed".into())),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ConnectFailure::Close(e.to_string())),
+        }
+    }
+}
+
+/// State of an established connection, owned by its reader.
+struct Connection {
+    version: ProtocolVersion,
+    conn_id: u64,
+    session: Arc<Session>,
+    keep_alive: Duration,
+    will: Option<LastWill>,
+    /// Session expiry asked for in CONNECT (v5 DISCONNECT may change it, not from 0).
+    expiry_secs: u32,
+    kick: oneshot::Receiver<u8>,
+    connack: ConnAck,
+    /// Inbound topic aliases (v5), at most `topic_alias_maximum`.
+    aliases: HashMap<u16, String>,
+    client_id: Arc<str>,
+}
+
+type Refusal = (ConnAck, ProtocolVersion, String);
+
+fn refuse(version: ProtocolVersion, code: u8, why: impl Into<String>) -> Refusal {
+    (
+        ConnAck {
+            session_present: false,
+            code,
+            properties: ConnAckProperties::default(),
+        },
+        version,
+        why.into(),
+    )
+}
+
+impl Connection {
+    /// Validates CONNECT, attaches (or creates, or takes over) the session, and prepares
+    /// the CONNACK.
+    fn handshake(connect: Box<Connect>, broker: &Arc<Broker>) -> Result<Connection, Refusal> {
+        let cfg = &broker.config;
+        let limits = &cfg.limits;
+        let v = connect.version;
+        let mut props = ConnAckProperties::default();
+
+        let mut client_id = connect.client_id.clone();
+        if client_id.is_empty() {
+            let may_assign = match v {
+                ProtocolVersion::V5 => true,
+                ProtocolVersion::V3_1_1 => connect.clean_start,
+                ProtocolVersion::V3_1 => false,
+            };
+            if !may_assign {
+                return Err(refuse(
+                    v,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    "[MQTT-3.1.3-8] empty client id needs clean session",
+                ));
+            }
+            client_id = assign_client_id();
+            if v.is_v5() {
+                props.assigned_client_identifier = Some(client_id.clone());
+            }
+        }
+        if client_id.len() > limits.max_client_id_len {
+            return Err(refuse(
+                v,
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                format!(
+                    "[MQTT-3.1.3-5] client id of {} bytes is over max_client_id_len {}",
+                    client_id.len(),
+                    limits.max_client_id_len
+                ),
+            ));
+        }
+        if connect.properties.authentication_method.is_some() {
+            return Err(refuse(
+                v,
+                reason::BAD_AUTHENTICATION_METHOD,
+                "[MQTT-4.12.0-1] enhanced authentication is not supported",
+            ));
+        }
+        if let Some(will) = &connect.will {
+            if let Err(e) = topic::validate_topic_name(&will.topic, limits.max_topic_levels) {
+                return Err(refuse(v, reason::TOPIC_NAME_INVALID, format!("will topic: {e}")));
+            }
+            if will.topic.starts_with('$') {
+                return Err(refuse(
+                    v,
+                    reason::NOT_AUTHORIZED,
+                    "will topics starting with '$' are reserved for the broker",
+                ));
+            }
+        }
+        let mut keep_alive = connect.keep_alive;
+        if limits.max_keepalive_secs > 0
+            && (keep_alive == 0 || keep_alive > limits.max_keepalive_secs)
+        {
+            if v.is_v5() {
+                keep_alive = limits.max_keepalive_secs;
+                props.server_keep_alive = Some(keep_alive);
+            } else {
+                return Err(refuse(
+                    v,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    format!(
+                        "keepalive {keep_alive}s is over max_keepalive_secs {}",
+                        limits.max_keepalive_secs
+                    ),
+                ));
+            }
+        }
+
+        let expiry_secs = if v.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else if cfg.session.persistent_session_expiry_secs == 0 {
+            EXPIRY_NEVER
+        } else {
+            cfg.session.persistent_session_expiry_secs
+        };
+        let link = LinkLimits {
+            window: limits
+                .max_inflight
+                .min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
+            max_packet_size: connect.properties.maximum_packet_size,
+        };
+        let conn_id = next_connection_id();
+        let (kick_tx, kick_rx) = oneshot::channel();
+        let client_id: Arc<str> = Arc::from(client_id);
+        let (session, present) =
+            attach_session(broker, &client_id, connect.clean_start, expiry_secs, conn_id, kick_tx, link);
+
+        if v.is_v5() {
+            props.receive_maximum = Some(limits.receive_maximum);
+            props.maximum_packet_size = Some(limits.max_packet_size);
+            if limits.topic_alias_maximum > 0 {
+                props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            }
+        }
+        info!(
+            client_id = %client_id,
+            version = v.label(),
+            clean_start = connect.clean_start,
+            keep_alive,
+            session_present = present,
+            "client connected"
+        );
+        Ok(Connection {
+            version: v,
+            conn_id,
+            session,
+            keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            will: connect.will,
+            expiry_secs,
+            kick: kick_rx,
+            connack: ConnAck {
+                session_present: present,
+                code: reason::SUCCESS,
+                properties: props,
+            },
+            aliases: HashMap::new(),
+            client_id,
+        })
+    }
+
+    async fn run<R, W>(
+        mut self,
+        mut rd: ReadHalf<R>,
+        wr: WriteHalf<W>,
+        mut buf: BytesMut,
+        broker: Arc<Broker>,
+    ) where
+        R: AsyncRead + Send + 'static,
+        W: AsyncWrite + Send + 'static,
+        ReadHalf<R>: Unpin,
+        WriteHalf<W>: Unpin + Send + 'static,
+    {
+        metrics::gauge!("sluice_connections").increment(1.0);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let writer_done = CancellationToken::new();
+        // The CONNACK goes first: the writer drains control packets before the queue.
+        let _ = ctrl_tx
+            .send(Control::Packet(Packet::ConnAck(self.connack.clone())))
+            .await;
+        let writer = tokio::spawn(
+            run_writer(
+                wr,
+                Arc::clone(&self.session),
+                self.conn_id,
+                self.version,
+                ctrl_rx,
+                writer_done.clone(),
+            )
+            .in_current_span(),
+        );
+
+        let exit = self.read_loop(&mut rd, &mut buf, &broker, &ctrl_tx, &writer_done).await;
+        match &exit {
+            Exit::Disconnect { .. } => debug!("client disconnected"),
+            Exit::Lost(why) => info!(reason = %why, "connection lost"),
+            Exit::KeepAlive => info!("keepalive expired [MQTT-3.1.2-24]"),
+            Exit::Protocol(e) => warn!(error = %e, "protocol error; closing"),
+            Exit::Refused { why, .. } => warn!(reason = %why, "closing"),
+            Exit::TakenOver => info!("session taken over by a new connection"),
+            Exit::Shutdown => debug!("closing for shutdown"),
+            Exit::WriterGone => info!("write failed; closing"),
+        }
+        let disconnect = match exit.disconnect_code() {
+            Some(code) if self.version.is_v5() => Some(Disconnect {
+                reason: code,
+                ..Disconnect::default()
+            }),
+            _ => None,
+        };
+        let _ = ctrl_tx.try_send(Control::Close(disconnect));
+        drop(ctrl_tx);
+        if tokio::time::timeout(WRITER_DRAIN, writer).await.is_err() {
+            debug!("writer did not finish in time");
+        }
+
+        if exit.publishes_will() {
+            if let Some(will) = self.will.take() {
+                publish_will(&broker, &self.session, will, self.expiry_secs);
+            }
+        }
+        let expiry = self.session.expiry_secs();
+        if let Some(generation) = self.session.detach(self.conn_id, None) {
+            end_or_schedule_expiry(&broker, &self.session, generation, expiry);
+        }
+        metrics::gauge!("sluice_connections").decrement(1.0);
+    }
+
+    async fn read_loop<R: AsyncRead>(
+        &mut self,
+        rd: &mut ReadHalf<R>,
+        buf: &mut BytesMut,
+        broker: &Arc<Broker>,
+        ctrl: &mpsc::Sender<Control>,
+        writer_done: &CancellationToken,
+    ) -> Exit
+    where
+        ReadHalf<R>: Unpin,
+    {
+        let max_packet = broker.config.limits.max_packet_size as usize;
+        // Keepalive: one and a half times the interval without any packet [MQTT-3.1.2-24].
+        let grace = self.keep_alive + self.keep_alive / 2;
+        let mut deadline = Instant::now() + grace;
+        loop {
+            loop {
+                match protocol::decode(buf, Some(self.version), max_packet) {
+                    Ok(Some(packet)) => {
+                        deadline = Instant::now() + grace;
+                        if let Some(exit) = self.handle(packet, broker, ctrl).await {
+                            return exit;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Exit::Protocol(e),
+                }
+            }
+            if buf.is_empty() && buf.capacity() > 64 * 1024 {
+                *buf = BytesMut::with_capacity(READ_BUFFER);
+            }
+            let keepalive = async {
+                if grace.is_zero() {
+                    std::future::pending::<()>().await
+                } else {
+                    tokio::time::sleep_until(deadline).await
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = broker.shutdown.cancelled() => return Exit::Shutdown,
+                _ = &mut self.kick => return Exit::TakenOver,
+                _ = writer_done.cancelled() => return Exit::WriterGone,
+                _ = keepalive => return Exit::KeepAlive,
+                read = rd.read_buf(buf) => match read {
+                    Ok(0) => return Exit::Lost("peer closed the connection".into()),
+                    Ok(_) => {}
+                    Err(e) => return Exit::Lost(e.to_string()),
+                },
+            }
+        }
+    }
+
+    /// Handles one packet; returns why to stop, if it must.
+    async fn handle(
+        &mut self,
+        packet: Packet,
+        broker: &Arc<Broker>,
+        ctrl: &mpsc::Sender<Control>,
+    ) -> Option<Exit> {
+        let reply = |p: Packet| Control::Packet(p);
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p, broker, ctrl).await,
+            Packet::PubAck(a) => {
+                if self.session.puback(a.packet_id).is_none() {
+                    debug!(packet_id = a.packet_id, "PUBACK for unknown packet id");
+                }
+            }
+            Packet::PubRec(a) => {
+                let known = self.session.pubrec(a.packet_id);
+                let mut rel = PubResponse::success(a.packet_id);
+                if !known {
+                    rel.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                // A PUBREC with an error code ends the flow: no PUBREL [MQTT-4.3.3-?].
+                if a.reason >= 0x80 {
+                    self.session.pubcomp(a.packet_id);
+                } else if ctrl.send(reply(Packet::PubRel(rel))).await.is_err() {
+                    return Some(Exit::WriterGone);
+                }
+            }
+            Packet::PubComp(a) => {
+                if self.session.pubcomp(a.packet_id).is_none() {
+                    debug!(packet_id = a.packet_id, "PUBCOMP for unknown packet id");
+                }
+            }
+            Packet::PubRel(a) => {
+                let mut comp = PubResponse::success(a.packet_id);
+                if !self.session.release_inbound_qos2(a.packet_id) {
+                    comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                if ctrl.send(reply(Packet::PubComp(comp))).await.is_err() {
+                    return Some(Exit::WriterGone);
+                }
+            }
+            Packet::Subscribe(s) => return self.on_subscribe(s, broker, ctrl).await,
+            Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, ctrl).await,
+            Packet::PingReq => {
+                if ctrl.send(reply(Packet::PingResp)).await.is_err() {
+                    return Some(Exit::WriterGone);
+                }
+            }
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.session_expiry_interval {
+                    if self.expiry_secs == 0 && expiry != 0 {
+                        return Some(Exit::Refused {
+                            code: reason::PROTOCOL_ERROR,
+                            why: "[MQTT-3.14.2-2] session expiry set on DISCONNECT after 0 in CONNECT".into(),
+                        });
+                    }
+                    self.expiry_secs = expiry;
+                    self.session.set_expiry_secs(expiry);
+                }
+                return Some(Exit::Disconnect {
+                    will: d.reason == reason::DISCONNECT_WITH_WILL,
+                });
+            }
+            Packet::Auth(_) => {
+                return Some(Exit::Refused {
+                    code: reason::PROTOCOL_ERROR,
+                    why: "[MQTT-4.12.0-1] AUTH without an authentication method in CONNECT"
+                        .into(),
+                })
+            }
+            other => {
+                return Some(Exit::Refused {
+                    code: reason::PROTOCOL_ERROR,
+                    why: format!("[MQTT-2.1.2] a client may not send {}", other.name()),
+                })
+            }
+        }
+        None
+    }
+
+    async fn on_publish(
+        &mut self,
+        mut p: Publish,
+        broker: &Arc<Broker>,
+        ctrl: &mpsc::Sender<Control>,
+    ) -> Option<Exit> {
+        let limits = &broker.config.limits;
+        metrics::counter!("sluice_messages_received_total", "qos" => qos_label(p.qos))
+            .increment(1);
+        metrics::counter!("sluice_bytes_received_total").increment(p.payload.len() as u64);
+        if let Some(alias) = p.topic_alias.take() {
+            if alias == 0 || alias > limits.topic_alias_maximum {
+                return Some(Exit::Refused {
+                    code: reason::TOPIC_ALIAS_INVALID,
+                    why: format!(
+                        "[MQTT-3.3.2-9] topic alias {alias} outside 1..={}",
+                        limits.topic_alias_maximum
+                    ),
+                });
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Some(Exit::Refused {
+                            code: reason::PROTOCOL_ERROR,
+                            why: format!("[MQTT-3.3.4-?] topic alias {alias} was never set"),
+                        })
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if let Err(e) = topic::validate_topic_name(&p.topic, limits.max_topic_levels) {
+            return Some(Exit::Refused {
+                code: reason::TOPIC_NAME_INVALID,
+                why: e.to_string(),
+            });
+        }
+        if p.qos == QoS::ExactlyOnce {
+            if !self.session.begin_inbound_qos2(p.packet_id) {
+                // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
+                let rec = Packet::PubRec(PubResponse::success(p.packet_id));
+                return ctrl.send(Control::Packet(rec)).await.err().map(|_| Exit::WriterGone);
+            }
+            if self.session.inbound_qos2_count() > usize::from(limits.receive_maximum) {
+                return Some(Exit::Refused {
+                    code: reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    why: format!(
+                        "[MQTT-3.3.4-9] more than receive_maximum {} QoS 2 messages unreleased",
+                        limits.receive_maximum
+                    ),
+                });
+            }
+        }
+        let mut code = reason::SUCCESS;
+        if p.topic.starts_with('$') {
+            // `$` topics are the broker's ($SYS, $DLQ): clients may read, not write.
+            warn!(topic = %p.topic, "PUBLISH to a reserved '$' topic refused");
+            code = reason::NOT_AUTHORIZED;
+        } else {
+            let now = now_ms();
+            let message = Arc::new(Message {
+                id: broker.next_message_id(),
+                expires_at_ms: p
+                    .properties
+                    .message_expiry_interval
+                    .map(|s| now + u64::from(s) * 1000),
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: p.properties,
+                publisher: Arc::clone(&self.client_id),
+                received_at_ms: now,
+            });
+            let matched = broker.publish(&message);
+            if matched == 0 {
+                code = reason::NO_MATCHING_SUBSCRIBERS;
+            }
+        }
+        let response = PubResponse {
+            reason: code,
+            ..PubResponse::success(p.packet_id)
+        };
+        let packet = match p.qos {
+            QoS::AtMostOnce => return None,
+            QoS::AtLeastOnce => Packet::PubAck(response),
+            QoS::ExactlyOnce => {
+                if code >= 0x80 {
+                    // Refused: the flow ends here, no PUBREL will come.
+                    self.session.release_inbound_qos2(p.packet_id);
+                }
+                Packet::PubRec(response)
+            }
+        };
+        ctrl.send(Control::Packet(packet)).await.err().map(|_| Exit::WriterGone)
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        s: Subscribe,
+        broker: &Arc<Broker>,
+        ctrl: &mpsc::Sender<Control>,
+    ) -> Option<Exit> {
+        let limits = &broker.config.limits;
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for f in &s.filters {
+            let shared = f.filter.starts_with("$share/");
+            if shared && f.options.no_local && self.version.is_v5() {
+                return Some(Exit::Refused {
+                    code: reason::PROTOCOL_ERROR,
+                    why: "[MQTT-3.8.3-4] no local on a shared subscription".into(),
+                });
+            }
+            let record = SubscriptionRecord {
+                options: f.options,
+                identifier: s.subscription_identifier,
+            };
+            let existing = self.session.subscriptions().iter().any(|(x, _)| *x == f.filter);
+            if !existing && self.session.subscription_count() >= limits.max_subscriptions_per_client
+            {
+                warn!(filter = %f.filter, "subscription refused: max_subscriptions_per_client");
+                reasons.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
+            match broker.router.subscribe(&self.session, &f.filter, f.options, s.subscription_identifier) {
+                Ok(_) => {}
+                Err(e) => {
+                    info!(filter = %f.filter, error = %e, "subscription refused");
+                    reasons.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            }
+            let existed = self.session.add_subscription(&f.filter, record);
+            reasons.push(f.options.qos as u8);
+            let send_retained = !shared
+                && match f.options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+            if send_retained {
+                for m in broker.router.retained_matching(&f.filter) {
+                    retained.push(Delivery {
+                        qos: m.qos.min(f.options.qos),
+                        message: m,
+                        retain: true,
+                        subscription_ids: s.subscription_identifier.into_iter().collect(),
+                        attempts: 0,
+                    });
+                }
+            }
+        }
+        let ack = Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            reason_string: None,
+            user_properties: Vec::new(),
+        });
+        if ctrl.send(Control::Packet(ack)).await.is_err() {
+            return Some(Exit::WriterGone);
+        }
+        if !retained.is_empty() && ctrl.send(Control::Enqueue(retained)).await.is_err() {
+            return Some(Exit::WriterGone);
+        }
+        None
+    }
+
+    async fn on_unsubscribe(
+        &mut self,
+        u: Unsubscribe,
+        broker: &Arc<Broker>,
+        ctrl: &mpsc::Sender<Control>,
+    ) -> Option<Exit> {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let had = self.session.remove_subscription(f);
+            broker.router.unsubscribe(&self.session.client_id, f);
+            reasons.push(if had {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        let ack = Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            reason_string: None,
+            user_properties: Vec::new(),
+        });
+        ctrl.send(Control::Packet(ack)).await.err().map(|_| Exit::WriterGone)
+    }
+}
+
+fn qos_label(q: QoS) -> &'static str {
+    match q {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    }
+}
+
+/// Finds, creates or replaces the session for `client_id` and makes `conn_id` its owner.
+/// A connection already attached is kicked (takeover, [MQTT-3.1.4-3]).
+fn attach_session(
+    broker: &Arc<Broker>,
+    client_id: &Arc<str>,
+    clean_start: bool,
+    expiry_secs: u32,
+    conn_id: u64,
+    kick: oneshot::Sender<u8>,
+    link: LinkLimits,
+) -> (Arc<Session>, bool) {
+    let limits = &broker.config.limits;
+    if let Some(existing) = broker.sessions.get(client_id) {
+        if !clean_start && !existing.is_ended() {
+            if let Some(previous) = existing.attach(conn_id, kick, link, expiry_secs) {
+                let _ = previous.send(reason::SESSION_TAKEN_OVER);
+            }
+            return (existing, true);
+        }
+        // Clean start: the old session ends [MQTT-3.1.2-4].
+        if let Some(previous) = existing.take_owner_kick() {
+            let _ = previous.send(reason::SESSION_TAKEN_OVER);
+        }
+        discard_session(broker, &existing);
+    }
+    let session = Arc::new(Session::new(
+        Arc::clone(client_id),
+        expiry_secs,
+        QueueLimits {
+            max_messages: limits.max_queued_messages,
+            max_bytes: limits.max_queued_bytes,
+            queue_qos0_offline: broker.config.session.queue_qos0_offline,
+        },
+    ));
+    session.attach(conn_id, kick, link, expiry_secs);
+    if let Some(replaced) = broker.sessions.insert(Arc::clone(&session)) {
+        if !Arc::ptr_eq(&replaced, &session) && !replaced.is_ended() {
+            // Another CONNECT raced us; its session ends too.
+            if let Some(k) = replaced.take_owner_kick() {
+                let _ = k.send(reason::SESSION_TAKEN_OVER);
+            }
+            discard_session(broker, &replaced);
+        }
+    }
+    (session, false)
+}
+
+/// Ends a session: its subscriptions leave the router, its undelivered messages are
+/// reported.
+fn discard_session(broker: &Broker, session: &Arc<Session>) {
+    let left = session.end();
+    broker.router.remove_session(session);
+    for d in left {
+        if d.qos != QoS::AtMostOnce {
+            broker.undeliverable(session, d, "session_expired");
+        }
+    }
+}
+
+/// After the owner left: a session with expiry 0 ends now; otherwise it ends after its
+/// expiry interval unless a connection resumes it first.
+fn end_or_schedule_expiry(broker: &Arc<Broker>, session: &Arc<Session>, generation: u64, expiry: u32) {
+    if expiry == 0 {
+        if broker.sessions.remove_if_same(session) {
+            discard_session(broker, session);
+        }
+        return;
+    }
+    if expiry == EXPIRY_NEVER {
+        return;
+    }
+    let broker = Arc::clone(broker);
+    let session = Arc::clone(session);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
+                if session.generation() == generation && broker.sessions.remove_if_same(&session) {
+                    info!(client_id = %session.client_id, "session expired");
+                    discard_session(&broker, &session);
+                }
+            }
+        }
+    });
+}
+
+/// Publishes a will now, or after its v5 Will Delay Interval unless the session is
+/// resumed first or ends sooner [MQTT-3.1.3-9].
+fn publish_will(broker: &Arc<Broker>, session: &Arc<Session>, will: LastWill, expiry_secs: u32) {
+    let delay = will.delay_interval.unwrap_or(0).min(expiry_secs);
+    let publisher = Arc::clone(&session.client_id);
+    let make = move |broker: &Broker| {
+        let now = now_ms();
+        Arc::new(Message {
+            id: broker.next_message_id(),
+            expires_at_ms: will
+                .properties
+                .message_expiry_interval
+                .map(|s| now + u64::from(s) * 1000),
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            publisher,
+            received_at_ms: now,
+        })
+    };
+    if delay == 0 {
+        let message = make(broker);
+        debug!(topic = %message.topic, "publishing will");
+        broker.publish(&message);
+        return;
+    }
+    let generation = session.generation() + 1; // the detach that follows bumps it
+    let broker = Arc::clone(broker);
+    let session = Arc::clone(session);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
+                if session.generation() == generation {
+                    let message = make(&broker);
+                    debug!(topic = %message.topic, "publishing delayed will");
+                    broker.publish(&message);
+                }
+            }
+        }
+    });
+}
+
+/// The writer task: sends control packets in order, then the session's deliveries.
+async fn run_writer<W>(
+    mut wr: WriteHalf<W>,
+    session: Arc<Session>,
+    conn_id: u64,
+    version: ProtocolVersion,
+    mut ctrl: mpsc::Receiver<Control>,
+    done: CancellationToken,
+) where
+    W: AsyncWrite + Send + 'static,
+    WriteHalf<W>: Unpin,
+{
+    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    let mut outgoing = Vec::new();
+    let mut dropped = Vec::new();
+    let mut next: Option<Control> = None;
+    let mut closing: Option<Option<Disconnect>> = None;
+    loop {
+        // Control packets first, in the order the reader queued them.
+        loop {
+            let item = match next.take() {
+                Some(c) => c,
+                None => match ctrl.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                },
+            };
+            match item {
+                Control::Packet(p) => protocol::encode(&p, version, &mut out),
+                Control::Enqueue(deliveries) => {
+                    for d in deliveries {
+                        let _ = session.enqueue(d);
+                    }
+                }
+                Control::Close(d) => {
+                    closing = Some(d);
+                    break;
+                }
+            }
+        }
+        let mut full_batch = false;
+        if closing.is_none() {
+            session.take_deliveries(conn_id, WRITE_BATCH, &mut outgoing, &mut dropped, |d| {
+                protocol::publish_len(&outbound_publish(d, 1, false, version), version)
+            });
+            full_batch = outgoing.len() >= WRITE_BATCH;
+            for o in outgoing.drain(..) {
+                let packet = match o {
+                    Outgoing::Publish {
+                        delivery,
+                        packet_id,
+                        dup,
+                    } => {
+                        metrics::counter!("sluice_messages_sent_total", "qos" => qos_label(delivery.qos))
+                            .increment(1);
+                        Packet::Publish(outbound_publish(&delivery, packet_id, dup, version))
+                    }
+                    Outgoing::PubRel { packet_id } => {
+                        Packet::PubRel(PubResponse::success(packet_id))
+                    }
+                };
+                protocol::encode(&packet, version, &mut out);
+            }
+            for (d, why) in dropped.drain(..) {
+                metrics::counter!("sluice_messages_dropped_total", "reason" => why.label())
+                    .increment(1);
+                warn!(topic = %d.message.topic, reason = why.label(), "message not delivered");
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = wr.write_all(&out).await {
+                debug!(error = %e, "write failed");
+                done.cancel();
+                return;
+            }
+            out.clear();
+            if out.capacity() > 64 * 1024 {
+                out = BytesMut::with_capacity(READ_BUFFER);
+            }
+        }
+        if let Some(disconnect) = closing.take() {
+            if let Some(d) = disconnect {
+                protocol::encode(&Packet::Disconnect(d), version, &mut out);
+                let _ = wr.write_all(&out).await;
+            }
+            let _ = wr.shutdown().await;
+            done.cancel();
+            return;
+        }
+        // A full batch means more may be waiting: the session only notifies on change.
+        if full_batch {
+            continue;
+        }
+        tokio::select! {
+            c = ctrl.recv() => match c {
+                Some(c) => next = Some(c),
+                None => {
+                    let _ = wr.shutdown().await;
+                    done.cancel();
+                    return;
+                }
+            },
+            _ = session.notified() => {}
+        }
+    }
+}
+
+/// The PUBLISH one subscriber receives for `delivery`.
+fn outbound_publish(d: &Delivery, packet_id: u16, dup: bool, version: ProtocolVersion) -> Publish {
+    let m = &d.message;
+    let mut properties = if version.is_v5() {
+        m.properties.clone()
+    } else {
+        Default::default()
+    };
+    if version.is_v5() {
+        properties.message_expiry_interval = m.remaining_expiry_secs(now_ms());
+    }
+    Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: m.topic.clone(),
+        packet_id,
+        payload: m.payload.clone(),
+        properties,
+        topic_alias: None,
+        subscription_identifiers: if version.is_v5() {
+            d.subscription_ids.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}

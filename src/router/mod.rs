@@ -1,0 +1,244 @@
+//! The router: who is subscribed to what, and the retained messages.
+//!
+//! Owns the subscription tries (plain and `$share/group/...`) and the retained message
+//! map. `connection` calls [`Router::subscribe`], [`Router::unsubscribe`] and
+//! [`Router::publish`]; `publish` matches the topic, merges overlapping subscriptions of
+//! one session into one delivery, picks one member per shared group, and offers the
+//! message to each target session's queue. The trie locks are never held while a session
+//! lock is taken (targets are collected first), so the session → router lock order holds.
+
+pub mod topic;
+pub mod trie;
+
+use crate::message::Message;
+use crate::protocol::SubscriptionOptions;
+use crate::session::{Delivery, Session};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use topic::{FilterKind, TopicError};
+use trie::TopicTrie;
+
+/// One subscription in a trie.
+#[derive(Debug, Clone)]
+struct Entry {
+    session: Arc<Session>,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+}
+
+/// Shared subscriptions are keyed by the whole `$share/group/filter` string and the
+/// member's client id, so members of one group are recognised when they match.
+type SharedKey = (Arc<str>, Arc<str>);
+
+/// The outcome of routing one message.
+#[derive(Debug, Default)]
+pub struct RouteOutcome {
+    /// Sessions the message was offered to.
+    pub matched: usize,
+    /// Sessions that queued it, for durable enqueue records.
+    pub queued_for: Vec<Arc<Session>>,
+    /// Deliveries pushed out of full queues (or refused), with their session.
+    pub evicted: Vec<(Arc<Session>, Delivery)>,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    plain: RwLock<TopicTrie<Arc<str>, Entry>>,
+    shared: RwLock<TopicTrie<SharedKey, Entry>>,
+    retained: RwLock<HashMap<String, Arc<Message>>>,
+    /// Rotates the tie-break among equally loaded shared-group members.
+    round_robin: AtomicUsize,
+    max_topic_levels: usize,
+}
+
+impl Router {
+    pub fn new(max_topic_levels: usize) -> Router {
+        Router {
+            plain: RwLock::new(TopicTrie::new()),
+            shared: RwLock::new(TopicTrie::new()),
+            retained: RwLock::new(HashMap::new()),
+            round_robin: AtomicUsize::new(0),
+            max_topic_levels,
+        }
+    }
+
+    pub fn max_topic_levels(&self) -> usize {
+        self.max_topic_levels
+    }
+
+    /// Adds or replaces `session`'s subscription to `filter` (which may be a
+    /// `$share/group/filter`). Returns whether it is shared.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> Result<bool, TopicError> {
+        let entry = Entry {
+            session: Arc::clone(session),
+            options,
+            identifier,
+        };
+        match topic::parse_filter(filter, self.max_topic_levels)? {
+            FilterKind::Plain(f) => {
+                self.plain
+                    .write()
+                    .insert(f, Arc::clone(&session.client_id), entry);
+                Ok(false)
+            }
+            FilterKind::Shared { filter: f, .. } => {
+                let key = (Arc::from(filter), Arc::clone(&session.client_id));
+                self.shared.write().insert(f, key, entry);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes one subscription; returns whether it existed.
+    pub fn unsubscribe(&self, client_id: &Arc<str>, filter: &str) -> bool {
+        match topic::parse_filter(filter, self.max_topic_levels) {
+            Ok(FilterKind::Plain(f)) => self.plain.write().remove(f, client_id).is_some(),
+            Ok(FilterKind::Shared { filter: f, .. }) => {
+                let key = (Arc::from(filter), Arc::clone(client_id));
+                self.shared.write().remove(f, &key).is_some()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes every subscription `session` holds (it ended or was replaced).
+    pub fn remove_session(&self, session: &Session) {
+        for (filter, _) in session.subscriptions() {
+            self.unsubscribe(&session.client_id, &filter);
+        }
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.plain.read().len() + self.shared.read().len()
+    }
+
+    /// Routes `message` to every matching session and returns what happened.
+    pub fn publish(&self, message: &Arc<Message>) -> RouteOutcome {
+        let mut targets: Vec<Delivery> = Vec::new();
+        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        let mut index: HashMap<*const Session, usize> = HashMap::new();
+        let mut add = |entry: &Entry, retain: bool| {
+            let qos = message.qos.min(entry.options.qos);
+            let key = Arc::as_ptr(&entry.session);
+            match index.get(&key) {
+                Some(&i) => {
+                    let d: &mut Delivery = &mut targets[i];
+                    d.qos = d.qos.max(qos);
+                    d.retain |= retain;
+                    d.subscription_ids.extend(entry.identifier);
+                }
+                None => {
+                    index.insert(key, targets.len());
+                    targets.push(Delivery {
+                        message: Arc::clone(message),
+                        qos,
+                        retain,
+                        subscription_ids: entry.identifier.into_iter().collect(),
+                        attempts: 0,
+                    });
+                    sessions.push(Arc::clone(&entry.session));
+                }
+            }
+        };
+        {
+            let plain = self.plain.read();
+            plain.for_each_match(&message.topic, |client_id, entry| {
+                if entry.options.no_local && **client_id == *message.publisher {
+                    return;
+                }
+                add(entry, entry.options.retain_as_published && message.retain);
+            });
+        }
+        let mut groups: HashMap<Arc<str>, Vec<Entry>> = HashMap::new();
+        {
+            let shared = self.shared.read();
+            shared.for_each_match(&message.topic, |(share, _), entry| {
+                groups
+                    .entry(Arc::clone(share))
+                    .or_default()
+                    .push(entry.clone());
+            });
+        }
+        for members in groups.values() {
+            if let Some(member) = self.pick_member(members) {
+                add(member, false);
+            }
+        }
+        let mut outcome = RouteOutcome {
+            matched: targets.len(),
+            ..RouteOutcome::default()
+        };
+        for (delivery, session) in targets.into_iter().zip(sessions) {
+            let result = session.enqueue(delivery);
+            for evicted in result.evicted {
+                outcome.evicted.push((Arc::clone(&session), evicted));
+            }
+            if result.queued {
+                outcome.queued_for.push(session);
+            }
+        }
+        outcome
+    }
+
+    /// The least loaded online member (ties broken round robin); an offline member only
+    /// when no member is online, so its persistent session keeps the message.
+    fn pick_member<'a>(&self, members: &'a [Entry]) -> Option<&'a Entry> {
+        if members.is_empty() {
+            return None;
+        }
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % members.len();
+        let mut best: Option<(&Entry, usize)> = None;
+        for i in 0..members.len() {
+            let m = &members[(start + i) % members.len()];
+            if !m.session.is_online() {
+                continue;
+            }
+            let (queued, inflight) = m.session.depth();
+            let load = queued + inflight;
+            if best.is_none_or(|(_, l)| load < l) {
+                best = Some((m, load));
+            }
+        }
+        best.map(|(m, _)| m).or(Some(&members[start]))
+    }
+
+    /// Stores (or, with an empty payload, clears) the retained message for its topic
+    /// [MQTT-3.3.1-5], [MQTT-3.3.1-10].
+    pub fn retain(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write();
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(message.topic.clone(), Arc::clone(message));
+        }
+    }
+
+    /// Retained messages whose topic matches `filter` (a plain filter).
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.retained
+            .read()
+            .values()
+            .filter(|m| topic::matches(filter, &m.topic))
+            .cloned()
+            .collect()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Restores a retained message at start-up.
+    pub fn restore_retained(&self, message: Arc<Message>) {
+        self.retained
+            .write()
+            .insert(message.topic.clone(), message);
+    }
+}

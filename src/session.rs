@@ -1,0 +1,731 @@
+//! Per-client state that outlives a connection, and the registry of all sessions.
+//!
+//! A [`Session`] owns its subscriptions (as the client asked for them), its queue of
+//! messages waiting to be sent, the inflight window of QoS 1/2 messages sent but not yet
+//! acknowledged, the outgoing packet ids, and the inbound QoS 2 packet ids awaiting
+//! PUBREL. The connection that currently owns the session drains the queue through
+//! [`Session::take_deliveries`]; the router fills it through [`Session::enqueue`].
+//!
+//! Locking: the state sits behind a synchronous `parking_lot::Mutex` because every
+//! critical section is short and none spans an `.await`. Lock order is session → router:
+//! the router never takes a session lock while holding its own.
+
+use crate::message::{now_ms, Message};
+use crate::protocol::{QoS, SubscriptionOptions};
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{oneshot, Notify};
+
+/// Session Expiry Interval value meaning "never expires" (MQTT 5 §3.1.2.11.2).
+pub const EXPIRY_NEVER: u32 = u32::MAX;
+
+/// A message waiting for, or in, delivery to one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// The lower of the published QoS and the subscription's.
+    pub qos: QoS,
+    /// The retain flag to send (retain-as-published, or a retained message on subscribe).
+    pub retain: bool,
+    /// v5 subscription identifiers of every matching subscription.
+    pub subscription_ids: Vec<u32>,
+    /// Times this message was sent to this subscriber without being acknowledged.
+    pub attempts: u32,
+}
+
+/// Where an outbound QoS 1/2 message is in its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    packet_id: u16,
+    delivery: Delivery,
+    stage: Stage,
+}
+
+/// What the writer must send next.
+#[derive(Debug)]
+pub enum Outgoing {
+    Publish {
+        delivery: Delivery,
+        packet_id: u16,
+        dup: bool,
+    },
+    PubRel {
+        packet_id: u16,
+    },
+}
+
+/// What happened to a message offered to a session.
+#[derive(Debug, Default)]
+pub struct EnqueueOutcome {
+    pub queued: bool,
+    /// Deliveries pushed out to respect the queue limits (oldest first), or the offered
+    /// one itself when it could not be queued. They are the caller's to dead-letter.
+    pub evicted: Vec<Delivery>,
+}
+
+/// A subscription as the client asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// The connection currently attached to a session.
+#[derive(Debug)]
+struct Owner {
+    conn_id: u64,
+    /// Fires once to make the owning connection leave (takeover); carries the v5 reason.
+    kick: Option<oneshot::Sender<u8>>,
+}
+
+/// Delivery limits of the connection currently attached.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    /// Inflight window: min(broker max_inflight, client Receive Maximum).
+    pub window: u16,
+    /// The client's v5 Maximum Packet Size, if it set one.
+    pub max_packet_size: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub queue_qos0_offline: bool,
+}
+
+#[derive(Debug)]
+struct SessionState {
+    expiry_secs: u32,
+    owner: Option<Owner>,
+    /// Set when the session is discarded (clean start, expiry); nothing is queued after.
+    ended: bool,
+    subscriptions: HashMap<String, SubscriptionRecord>,
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    inflight: VecDeque<Inflight>,
+    /// Inflight entries to send again (with DUP) before anything new, after a reconnect.
+    resend: bool,
+    next_packet_id: u16,
+    awaiting_rel: HashSet<u16>,
+    link: LinkLimits,
+    /// Bumped on every attach/detach so delayed work (expiry, delayed wills) can tell
+    /// whether the session was resumed meanwhile.
+    generation: u64,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: Arc<str>,
+    state: Mutex<SessionState>,
+    /// Wakes the owning connection's writer when there is something to send.
+    notify: Notify,
+    limits: QueueLimits,
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique id for a connection, used to tell session owners apart.
+pub fn next_connection_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, expiry_secs: u32, limits: QueueLimits) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState {
+                expiry_secs,
+                owner: None,
+                ended: false,
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: VecDeque::new(),
+                resend: false,
+                next_packet_id: 1,
+                awaiting_rel: HashSet::new(),
+                link: LinkLimits {
+                    window: 1,
+                    max_packet_size: None,
+                },
+                generation: 0,
+            }),
+            notify: Notify::new(),
+            limits,
+        }
+    }
+
+    /// Makes `conn_id` the owner. Returns the previous owner's kick (the caller fires it)
+    /// and marks inflight messages for redelivery with DUP [MQTT-4.4.0-1].
+    pub fn attach(
+        &self,
+        conn_id: u64,
+        kick: oneshot::Sender<u8>,
+        link: LinkLimits,
+        expiry_secs: u32,
+    ) -> Option<oneshot::Sender<u8>> {
+        let mut st = self.state.lock();
+        let previous = st.owner.take().and_then(|o| o.kick);
+        st.owner = Some(Owner {
+            conn_id,
+            kick: Some(kick),
+        });
+        st.link = link;
+        st.expiry_secs = expiry_secs;
+        st.resend = !st.inflight.is_empty();
+        st.generation += 1;
+        drop(st);
+        self.notify.notify_one();
+        previous
+    }
+
+    /// Takes the kick of the current owner (for a clean-start replacement of the session).
+    pub fn take_owner_kick(&self) -> Option<oneshot::Sender<u8>> {
+        self.state.lock().owner.as_mut().and_then(|o| o.kick.take())
+    }
+
+    /// Detaches `conn_id` if it still owns the session. Returns the generation to pass to
+    /// delayed work, or None when another connection has taken over.
+    pub fn detach(&self, conn_id: u64, expiry_override: Option<u32>) -> Option<u64> {
+        let mut st = self.state.lock();
+        if st.owner.as_ref().map(|o| o.conn_id) != Some(conn_id) {
+            return None;
+        }
+        st.owner = None;
+        if let Some(expiry) = expiry_override {
+            st.expiry_secs = expiry;
+        }
+        st.generation += 1;
+        // QoS 0 messages are not kept for an offline session unless configured.
+        if !self.limits.queue_qos0_offline {
+            let before = st.queue.len();
+            st.queue.retain(|d| d.qos != QoS::AtMostOnce);
+            if st.queue.len() != before {
+                st.queued_bytes = st.queue.iter().map(|d| d.message.cost()).sum();
+            }
+        }
+        Some(st.generation)
+    }
+
+    pub fn is_owned_by(&self, conn_id: u64) -> bool {
+        self.state.lock().owner.as_ref().map(|o| o.conn_id) == Some(conn_id)
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.state.lock().owner.is_some()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    pub fn expiry_secs(&self) -> u32 {
+        self.state.lock().expiry_secs
+    }
+
+    pub fn set_expiry_secs(&self, secs: u32) {
+        self.state.lock().expiry_secs = secs;
+    }
+
+    /// Marks the session discarded; returns what was still queued or inflight.
+    pub fn end(&self) -> Vec<Delivery> {
+        let mut st = self.state.lock();
+        st.ended = true;
+        st.queued_bytes = 0;
+        let mut left: Vec<Delivery> = st.inflight.drain(..).map(|i| i.delivery).collect();
+        left.extend(st.queue.drain(..));
+        left
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state.lock().ended
+    }
+
+    pub fn subscriptions(&self) -> Vec<(String, SubscriptionRecord)> {
+        self.state
+            .lock()
+            .subscriptions
+            .iter()
+            .map(|(f, r)| (f.clone(), r.clone()))
+            .collect()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.state.lock().subscriptions.len()
+    }
+
+    /// Records a subscription; returns whether it already existed (retain handling 1).
+    pub fn add_subscription(&self, filter: &str, record: SubscriptionRecord) -> bool {
+        self.state
+            .lock()
+            .subscriptions
+            .insert(filter.to_owned(), record)
+            .is_some()
+    }
+
+    pub fn remove_subscription(&self, filter: &str) -> bool {
+        self.state.lock().subscriptions.remove(filter).is_some()
+    }
+
+    /// Offers a message. An online session always queues (the writer drains it); an
+    /// offline one keeps QoS ≥ 1 (and QoS 0 if configured). Over the limits, the oldest
+    /// queued messages make room and are handed back for dead-lettering.
+    pub fn enqueue(&self, delivery: Delivery) -> EnqueueOutcome {
+        let mut out = EnqueueOutcome::default();
+        let mut st = self.state.lock();
+        if st.ended {
+            out.evicted.push(delivery);
+            return out;
+        }
+        if st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline
+        {
+            return out;
+        }
+        let cost = delivery.message.cost();
+        if cost > self.limits.max_bytes {
+            out.evicted.push(delivery);
+            return out;
+        }
+        while !st.queue.is_empty()
+            && (st.queue.len() >= self.limits.max_messages
+                || st.queued_bytes + cost > self.limits.max_bytes)
+        {
+            if let Some(old) = st.queue.pop_front() {
+                st.queued_bytes -= old.message.cost();
+                out.evicted.push(old);
+            }
+        }
+        st.queued_bytes += cost;
+        st.queue.push_back(delivery);
+        out.queued = true;
+        let online = st.owner.is_some();
+        drop(st);
+        if online {
+            self.notify.notify_one();
+        }
+        out
+    }
+
+    /// Puts recovered or handed-over deliveries at the back of the queue without limits.
+    pub fn restore(&self, deliveries: impl IntoIterator<Item = Delivery>) {
+        let mut st = self.state.lock();
+        for d in deliveries {
+            st.queued_bytes += d.message.cost();
+            st.queue.push_back(d);
+        }
+    }
+
+    /// Waits until the writer may have something to send.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Moves what may be sent now into `out`: first inflight messages to resend after a
+    /// reconnect, then queued messages as the inflight window allows (QoS 0 needs no
+    /// slot). Expired messages and ones larger than the client accepts are returned in
+    /// `dropped` with why. Does nothing unless `conn_id` owns the session.
+    pub fn take_deliveries(
+        &self,
+        conn_id: u64,
+        max: usize,
+        out: &mut Vec<Outgoing>,
+        dropped: &mut Vec<(Delivery, DropReason)>,
+        encoded_len: impl Fn(&Delivery) -> usize,
+    ) {
+        let mut st = self.state.lock();
+        if st.owner.as_ref().map(|o| o.conn_id) != Some(conn_id) {
+            return;
+        }
+        let now = now_ms();
+        if st.resend {
+            st.resend = false;
+            for entry in st.inflight.iter_mut() {
+                match entry.stage {
+                    Stage::Published => {
+                        entry.delivery.attempts += 1;
+                        out.push(Outgoing::Publish {
+                            delivery: entry.delivery.clone(),
+                            packet_id: entry.packet_id,
+                            dup: true,
+                        });
+                    }
+                    Stage::Released => out.push(Outgoing::PubRel {
+                        packet_id: entry.packet_id,
+                    }),
+                }
+            }
+        }
+        let window = usize::from(st.link.window);
+        let max_packet = st.link.max_packet_size;
+        while out.len() < max {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let Some(mut delivery) = st.queue.pop_front() else {
+                break;
+            };
+            st.queued_bytes -= delivery.message.cost();
+            if delivery.message.is_expired(now) {
+                dropped.push((delivery, DropReason::Expired));
+                continue;
+            }
+            if let Some(limit) = max_packet {
+                if encoded_len(&delivery) > limit as usize {
+                    dropped.push((delivery, DropReason::TooLarge));
+                    continue;
+                }
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    delivery,
+                    packet_id: 0,
+                    dup: false,
+                });
+                continue;
+            }
+            let packet_id = next_free_packet_id(&mut st);
+            delivery.attempts += 1;
+            st.inflight.push_back(Inflight {
+                packet_id,
+                delivery: delivery.clone(),
+                stage: Stage::Published,
+            });
+            out.push(Outgoing::Publish {
+                delivery,
+                packet_id,
+                dup: false,
+            });
+        }
+    }
+
+    /// PUBACK from the subscriber: the QoS 1 message is done.
+    pub fn puback(&self, packet_id: u16) -> Option<Delivery> {
+        self.complete(packet_id, |s| s == Stage::Published, QoS::AtLeastOnce)
+    }
+
+    /// PUBREC from the subscriber: the QoS 2 message moves to awaiting PUBCOMP. Returns
+    /// whether the packet id was known (the caller answers PUBREL either way, with 0x92
+    /// for an unknown id in v5).
+    pub fn pubrec(&self, packet_id: u16) -> bool {
+        let mut st = self.state.lock();
+        match st
+            .inflight
+            .iter_mut()
+            .find(|e| e.packet_id == packet_id && e.delivery.qos == QoS::ExactlyOnce)
+        {
+            Some(entry) => {
+                entry.stage = Stage::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP from the subscriber: the QoS 2 message is done.
+    pub fn pubcomp(&self, packet_id: u16) -> Option<Delivery> {
+        self.complete(packet_id, |s| s == Stage::Released, QoS::ExactlyOnce)
+    }
+
+    fn complete(
+        &self,
+        packet_id: u16,
+        stage_ok: impl Fn(Stage) -> bool,
+        qos: QoS,
+    ) -> Option<Delivery> {
+        let mut st = self.state.lock();
+        let pos = st.inflight.iter().position(|e| {
+            e.packet_id == packet_id && e.delivery.qos == qos && stage_ok(e.stage)
+        })?;
+        let entry = st.inflight.remove(pos)?;
+        drop(st);
+        // A window slot opened.
+        self.notify.notify_one();
+        Some(entry.delivery)
+    }
+
+    /// Inbound QoS 2: remembers `packet_id` until PUBREL. Returns false when it was
+    /// already there (a resent PUBLISH: do not route it again) [MQTT-4.3.3-10].
+    pub fn begin_inbound_qos2(&self, packet_id: u16) -> bool {
+        self.state.lock().awaiting_rel.insert(packet_id)
+    }
+
+    pub fn inbound_qos2_count(&self) -> usize {
+        self.state.lock().awaiting_rel.len()
+    }
+
+    /// Inbound PUBREL: returns whether the packet id was awaiting release.
+    pub fn release_inbound_qos2(&self, packet_id: u16) -> bool {
+        self.state.lock().awaiting_rel.remove(&packet_id)
+    }
+
+    /// Queued (not yet sent) and inflight message counts.
+    pub fn depth(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.queue.len(), st.inflight.len())
+    }
+}
+
+/// Why a queued message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Expired,
+    TooLarge,
+    QueueFull,
+    SessionEnded,
+}
+
+impl DropReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+            DropReason::QueueFull => "queue_full",
+            DropReason::SessionEnded => "session_expired",
+        }
+    }
+}
+
+fn next_free_packet_id(st: &mut SessionState) -> u16 {
+    // The window is at most 65535 wide, so a free id always exists; the loop is bounded
+    // by the inflight count.
+    loop {
+        let id = st.next_packet_id;
+        st.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+        if !st.inflight.iter().any(|e| e.packet_id == id) {
+            return id;
+        }
+    }
+}
+
+/// Every session, online or offline, by client id.
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    sessions: DashMap<Arc<str>, Arc<Session>>,
+}
+
+impl SessionRegistry {
+    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.get(client_id).map(|s| Arc::clone(s.value()))
+    }
+
+    /// Installs `session` under its client id, returning the one it replaced.
+    pub fn insert(&self, session: Arc<Session>) -> Option<Arc<Session>> {
+        self.sessions
+            .insert(Arc::clone(&session.client_id), session)
+    }
+
+    /// Removes the session only if it is still `session` (not a newer replacement).
+    pub fn remove_if_same(&self, session: &Arc<Session>) -> bool {
+        self.sessions
+            .remove_if(&*session.client_id, |_, s| Arc::ptr_eq(s, session))
+            .is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.sessions.iter().map(|e| Arc::clone(e.value())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MessageProperties;
+    use bytes::Bytes;
+
+    fn msg(id: u64, qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            id,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"0123456789"),
+            qos,
+            retain: false,
+            properties: MessageProperties::default(),
+            publisher: Arc::from("p"),
+            received_at_ms: 0,
+            expires_at_ms: None,
+        })
+    }
+
+    fn delivery(id: u64, qos: QoS) -> Delivery {
+        Delivery {
+            message: msg(id, qos),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+            attempts: 0,
+        }
+    }
+
+    fn session(max_messages: usize) -> Session {
+        Session::new(
+            Arc::from("c"),
+            EXPIRY_NEVER,
+            QueueLimits {
+                max_messages,
+                max_bytes: 1 << 20,
+                queue_qos0_offline: false,
+            },
+        )
+    }
+
+    fn link(window: u16) -> LinkLimits {
+        LinkLimits {
+            window,
+            max_packet_size: None,
+        }
+    }
+
+    fn take(s: &Session, conn: u64) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut dropped = Vec::new();
+        s.take_deliveries(conn, 1000, &mut out, &mut dropped, |_| 10);
+        out
+    }
+
+    fn ids(out: &[Outgoing]) -> Vec<(u64, u16, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Publish {
+                    delivery,
+                    packet_id,
+                    dup,
+                } => Some((delivery.message.id, *packet_id, *dup)),
+                Outgoing::PubRel { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn window_limits_inflight_and_ack_opens_it() {
+        let s = session(100);
+        let (tx, _rx) = oneshot::channel();
+        s.attach(1, tx, link(2), EXPIRY_NEVER);
+        for i in 0..5 {
+            assert!(s.enqueue(delivery(i, QoS::AtLeastOnce)).queued);
+        }
+        assert_eq!(ids(&take(&s, 1)), vec![(0, 1, false), (1, 2, false)]);
+        assert!(take(&s, 1).is_empty());
+        assert!(s.puback(1).is_some());
+        assert!(s.puback(1).is_none(), "second ack of the same id is unknown");
+        assert_eq!(ids(&take(&s, 1)), vec![(2, 3, false)]);
+    }
+
+    #[test]
+    fn reattach_resends_inflight_with_dup_first() {
+        let s = session(100);
+        let (tx, _rx) = oneshot::channel();
+        s.attach(1, tx, link(10), EXPIRY_NEVER);
+        s.enqueue(delivery(7, QoS::AtLeastOnce));
+        s.enqueue(delivery(8, QoS::ExactlyOnce));
+        assert_eq!(take(&s, 1).len(), 2);
+        assert!(s.pubrec(2));
+        assert!(s.detach(1, None).is_some());
+        s.enqueue(delivery(9, QoS::AtLeastOnce));
+        let (tx, _rx) = oneshot::channel();
+        assert!(s.attach(2, tx, link(10), EXPIRY_NEVER).is_none());
+        assert!(take(&s, 1).is_empty(), "old connection gets nothing");
+        let out = take(&s, 2);
+        assert_eq!(ids(&out), vec![(7, 1, true), (9, 3, false)]);
+        assert!(matches!(out[1], Outgoing::PubRel { packet_id: 2 }));
+        assert!(s.pubcomp(2).is_some());
+    }
+
+    #[test]
+    fn full_queue_evicts_oldest() {
+        let s = session(3);
+        for i in 0..5 {
+            let outcome = s.enqueue(delivery(i, QoS::AtLeastOnce));
+            assert!(outcome.queued);
+            if i >= 3 {
+                assert_eq!(outcome.evicted.len(), 1);
+                assert_eq!(outcome.evicted[0].message.id, i - 3);
+            }
+        }
+        assert_eq!(s.depth(), (3, 0));
+    }
+
+    #[test]
+    fn offline_session_skips_qos0() {
+        let s = session(10);
+        assert!(!s.enqueue(delivery(1, QoS::AtMostOnce)).queued);
+        assert!(s.enqueue(delivery(2, QoS::AtLeastOnce)).queued);
+    }
+
+    #[test]
+    fn inbound_qos2_dedup() {
+        let s = session(10);
+        assert!(s.begin_inbound_qos2(5));
+        assert!(!s.begin_inbound_qos2(5));
+        assert!(s.release_inbound_qos2(5));
+        assert!(!s.release_inbound_qos2(5));
+    }
+
+    #[test]
+    fn expired_and_too_large_are_dropped_with_reason() {
+        let s = session(10);
+        let (tx, _rx) = oneshot::channel();
+        s.attach(
+            1,
+            tx,
+            LinkLimits {
+                window: 10,
+                max_packet_size: Some(5),
+            },
+            0,
+        );
+        let mut expired = delivery(1, QoS::AtLeastOnce);
+        expired.message = Arc::new(Message {
+            expires_at_ms: Some(1),
+            ..Message::clone_fields(&expired.message)
+        });
+        s.enqueue(expired);
+        s.enqueue(delivery(2, QoS::AtLeastOnce));
+        let mut out = Vec::new();
+        let mut dropped = Vec::new();
+        s.take_deliveries(1, 10, &mut out, &mut dropped, |_| 10);
+        assert!(out.is_empty());
+        let reasons: Vec<_> = dropped.iter().map(|(_, r)| *r).collect();
+        assert_eq!(reasons, vec![DropReason::Expired, DropReason::TooLarge]);
+    }
+
+    impl Message {
+        fn clone_fields(m: &Message) -> Message {
+            Message {
+                id: m.id,
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                qos: m.qos,
+                retain: m.retain,
+                properties: m.properties.clone(),
+                publisher: m.publisher.clone(),
+                received_at_ms: m.received_at_ms,
+                expires_at_ms: m.expires_at_ms,
+            }
+        }
+    }
+}
