@@ -1,0 +1,3 @@
+//! Routing of PUBLISH messages to subscribers: topic rules ([`topic`]).
+
+pub mod topic;
