@@ -1,3 +1,5 @@
-//! Routing of PUBLISH messages to subscribers: topic rules ([`topic`]).
+//! Routing of PUBLISH messages to subscribers: topic rules ([`topic`]) and the subscription
+//! trie ([`trie`]).
 
 pub mod topic;
+pub mod trie;
