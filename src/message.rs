@@ -43,7 +43,9 @@ impl Message {
     pub fn remaining_expiry_secs(&self, now_ms: u64) -> Option<u32> {
         self.expires_at_ms.map(|at| {
             let left_ms = at.saturating_sub(now_ms);
-            u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1)
+            u32::try_from(left_ms.div_ceil(1000))
+                .unwrap_or(u32::MAX)
+                .max(1)
         })
     }
 }
