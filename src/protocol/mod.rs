@@ -10,5 +10,5 @@ mod codec;
 pub mod packet;
 pub mod reason;
 
-pub use codec::{decode, encode, publish_len, ProtocolError};
+pub use codec::{decode, decode_any, encode, peek_connect_version, publish_len, ProtocolError};
 pub use packet::*;
