@@ -421,7 +421,7 @@ impl Connection {
             .read_loop(&mut rd, &mut buf, &broker, &ctrl_tx, &writer_done)
             .await;
         match &exit {
-            Exit::Disconnect { .. } => debug!("client disconnected"),
+            Exit::Disconnect { .. } => info!("client disconnected"),
             Exit::Lost(why) => info!(reason = %why, "connection lost"),
             Exit::KeepAlive => info!("keepalive expired [MQTT-3.1.2-24]"),
             Exit::Protocol(e) => warn!(error = %e, "protocol error; closing"),
