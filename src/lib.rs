@@ -15,3 +15,4 @@ pub mod message;
 pub mod protocol;
 pub mod router;
 pub mod session;
+pub mod wire;

@@ -10,6 +10,8 @@
 //! critical section is short and none spans an `.await`. Lock order is session → router:
 //! the router never takes a session lock while holding its own.
 
+pub mod persist;
+
 use crate::message::{now_ms, Message};
 use crate::protocol::{QoS, SubscriptionOptions};
 use dashmap::DashMap;
