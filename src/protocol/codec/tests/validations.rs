@@ -412,9 +412,24 @@ fn connect_validations() {
 }
 
 #[test]
+fn unsupported_protocol_name_is_bounded_in_the_error() {
+    let long = "M".repeat(1000);
+    let e = dec(&conn(&long, 4, 2, &[], &s("c")), None).expect_err("unsupported");
+    assert_eq!(e.reason_code(), reason::UNSUPPORTED_PROTOCOL_VERSION);
+    assert!(e.to_string().len() < 100, "{e}");
+}
+
+#[test]
 fn property_validations() {
     let v5 = Some(V5);
     check(vec![
+        case(
+            "authentication data without method",
+            None,
+            conn5(&cat(&[&[0x16], &s("d")])),
+            "[MQTT-3.1.2.11.10]",
+            PROTOCOL,
+        ),
         case(
             "receive maximum 0",
             None,
