@@ -60,6 +60,8 @@ pub enum ProtocolError {
     PasswordWithoutUsername,
     #[error("[MQTT-3.1.3-5] MQTT 3.1 client identifier must not be empty")]
     EmptyClientIdV31,
+    #[error("[MQTT-3.1.2.11.10] CONNECT has authentication data but no method")]
+    AuthDataWithoutMethod,
     #[error("[MQTT-3.1.3-11] will topic {0:?} is not a valid topic name")]
     InvalidWillTopic(String),
 
@@ -129,6 +131,7 @@ impl ProtocolError {
             WildcardInTopic(_) | InvalidWillTopic(_) => reason::TOPIC_NAME_INVALID,
             FirstPacketNotConnect(_)
             | SecondConnect
+            | AuthDataWithoutMethod
             | ServerOnlyPacket(_)
             | EmptyTopic
             | SubscriptionIdFromClient

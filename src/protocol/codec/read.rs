@@ -113,7 +113,8 @@ pub(crate) fn protocol_version(r: &mut Reader<'_>) -> Result<ProtocolVersion, Pr
         (b"MQTT", 4) => Ok(ProtocolVersion::V3_1_1),
         (b"MQTT", 5) => Ok(ProtocolVersion::V5),
         _ => Err(ProtocolError::UnsupportedProtocol {
-            name: String::from_utf8_lossy(name).into_owned(),
+            // Bounded: the name is the client's to choose and ends up in logs.
+            name: String::from_utf8_lossy(&name[..name.len().min(16)]).into_owned(),
             level,
         }),
     }
@@ -142,6 +143,9 @@ pub(crate) fn connect(body: &[u8]) -> Result<Connect, ProtocolError> {
     }
     let keep_alive = r.u16("keep alive")?;
     let mut props = v5_props(&mut r, v5, Ctx::Connect)?;
+    if props.authentication_data.is_some() && props.authentication_method.is_none() {
+        return Err(ProtocolError::AuthDataWithoutMethod);
+    }
 
     let client_id = r.string("client identifier")?;
     if version == ProtocolVersion::V3_1 && client_id.is_empty() {
