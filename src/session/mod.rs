@@ -17,7 +17,7 @@ use crate::protocol::{QoS, SubscriptionOptions};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
 
@@ -36,6 +36,8 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Times this message was sent to this subscriber without being acknowledged.
     pub attempts: u32,
+    /// The store holds an Enqueue record for it: its completion must append an Ack.
+    pub durable: bool,
 }
 
 /// Where an outbound QoS 1/2 message is in its flow.
@@ -134,6 +136,8 @@ pub struct Session {
     /// Wakes the owning connection's writer when there is something to send.
     notify: Notify,
     limits: QueueLimits,
+    /// The store holds a Session record for it (so ending it must write SessionRemove).
+    persisted: AtomicBool,
 }
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -166,7 +170,34 @@ impl Session {
             }),
             notify: Notify::new(),
             limits,
+            persisted: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session outlives its connection (and so keeps its queue on disk).
+    pub fn is_persistent(&self) -> bool {
+        let st = self.state.lock();
+        st.expiry_secs > 0 && !st.ended
+    }
+
+    pub fn is_persisted(&self) -> bool {
+        self.persisted.load(Ordering::Acquire)
+    }
+
+    pub fn set_persisted(&self, persisted: bool) {
+        self.persisted.store(persisted, Ordering::Release);
+    }
+
+    /// Its state as the store keeps it.
+    pub fn persisted_state(&self) -> bytes::Bytes {
+        let st = self.state.lock();
+        let mut subs: Vec<(String, SubscriptionRecord)> = st
+            .subscriptions
+            .iter()
+            .map(|(f, r)| (f.clone(), r.clone()))
+            .collect();
+        subs.sort_by(|a, b| a.0.cmp(&b.0));
+        persist::encode_state(st.expiry_secs, &subs)
     }
 
     /// Makes `conn_id` the owner. Returns the previous owner's kick (the caller fires it)
@@ -584,6 +615,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             attempts: 0,
+            durable: false,
         }
     }
 

@@ -176,6 +176,16 @@ pub struct RecoveredEntry {
     pub attempts: u32,
 }
 
+/// Resolves when a submitted batch is durable (or failed).
+#[derive(Debug)]
+pub struct CommitTicket(oneshot::Receiver<Result<(), StoreError>>);
+
+impl CommitTicket {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.0.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
 /// Counters for metrics and benches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -313,6 +323,23 @@ impl Store {
             .await
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Queues `records` as one batch and returns a ticket that resolves once the batch
+    /// is durable per the policy. Splitting [`Store::commit`] in two lets a caller fix
+    /// the batch's place in the log (before anything that depends on it, such as a
+    /// subscriber's ack) and then wait for the disk without holding up its other work.
+    pub async fn submit(&self, records: Vec<Record>) -> Result<CommitTicket, StoreError> {
+        self.check_poisoned()?;
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Batch {
+                records,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        Ok(CommitTicket(rx))
     }
 
     /// Queues `records` as one batch; returns once the writer's channel took it, without
