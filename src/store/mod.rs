@@ -277,6 +277,7 @@ impl Store {
         faults: Option<Arc<FaultPlan>>,
     ) -> Result<(Store, Recovered), StoreError> {
         let fs = Fs::new(faults);
+        let existed = config.dir.is_dir();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -285,6 +286,15 @@ impl Store {
                 path: config.dir.clone(),
                 source,
             })?;
+        if !existed {
+            // Make the new directory's own entry durable before anything relies on it.
+            if let Some(parent) = config.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent).map_err(|source| StoreError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
         let replayed = recovery::replay(&config.dir, &fs)?;
         let shared = Arc::new(Shared::default());
         shared
