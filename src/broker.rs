@@ -5,17 +5,23 @@
 //! is a [`CancellationToken`] every connection selects on, plus a [`TaskTracker`] the
 //! broker waits on for the grace period.
 
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, Spill};
+use crate::dead_letter::{self, DeadLetterReason};
 use crate::listener;
 use crate::message::{decode_properties, encode_properties, Message};
+use crate::metrics as metric;
 use crate::protocol::QoS;
+use crate::protocol::SubscriptionOptions;
 use crate::router::Router;
 use crate::session::{Delivery, QueueLimits, Session, SessionRegistry};
+use crate::session::{SubscriptionRecord, EXPIRY_NEVER};
 use crate::store::{
     CommitTicket, DurabilityPolicy, Record, Recovered, Store, StoreConfig, StoreError,
     StoredMessage,
 };
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -53,9 +59,9 @@ pub struct Broker {
 pub struct Accepted {
     /// Sessions the message was offered to (0: v5 PUBACK 0x10).
     pub matched: usize,
-    /// Resolves when the message and its enqueue records are durable; None when nothing
-    /// needed the disk.
-    pub ticket: Option<CommitTicket>,
+    /// Resolve when the message, its enqueue records and any dead letters it caused are
+    /// durable; empty when nothing needed the disk.
+    pub tickets: Vec<CommitTicket>,
 }
 
 /// A started broker and the addresses it bound (port 0 resolved).
@@ -93,12 +99,74 @@ impl Broker {
         Ok(broker)
     }
 
-    pub fn queue_limits(&self) -> QueueLimits {
+    /// Queue bounds for a session: the configured ones, or the dead-letter session's
+    /// own (which never gives up on a message it is holding for an operator).
+    pub fn queue_limits_for(&self, client_id: &str) -> QueueLimits {
+        let dl = &self.config.dead_letter;
+        if self.is_dead_letter_session(client_id) {
+            return QueueLimits {
+                max_messages: dl.max_messages,
+                max_bytes: dl.max_bytes,
+                queue_qos0_offline: false,
+                drop_newest: false,
+                max_delivery_attempts: 0,
+            };
+        }
         QueueLimits {
             max_messages: self.config.limits.max_queued_messages,
             max_bytes: self.config.limits.max_queued_bytes,
             queue_qos0_offline: self.config.session.queue_qos0_offline,
+            drop_newest: dl.queue_full_spill == Spill::Newest,
+            max_delivery_attempts: dl.max_delivery_attempts,
         }
+    }
+
+    pub fn is_dead_letter_session(&self, client_id: &str) -> bool {
+        client_id == self.config.dead_letter.client_id
+    }
+
+    /// Creates the built-in dead-letter session (persistent, never expires, subscribed
+    /// to `<prefix>/#`) unless the log already had it.
+    pub async fn ensure_dead_letter_session(&self) -> Result<(), StoreError> {
+        let dl = &self.config.dead_letter;
+        let session = match self.sessions.get(&dl.client_id) {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(Session::new(
+                    Arc::from(dl.client_id.as_str()),
+                    EXPIRY_NEVER,
+                    self.queue_limits_for(&dl.client_id),
+                ));
+                self.sessions.insert(Arc::clone(&s));
+                s
+            }
+        };
+        let filter = format!("{}/#", dl.topic_prefix);
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..SubscriptionOptions::default()
+        };
+        if !session.subscriptions().iter().any(|(f, _)| *f == filter) {
+            self.router
+                .subscribe(&session, &filter, options, None)
+                .map_err(|e| StoreError::Invalid(format!("dead-letter filter {filter}: {e}")))?;
+            session.add_subscription(
+                &filter,
+                SubscriptionRecord {
+                    options,
+                    identifier: None,
+                },
+            );
+        }
+        session.set_expiry_secs(EXPIRY_NEVER);
+        self.store
+            .commit(vec![Record::Session {
+                client_id: dl.client_id.clone(),
+                state: session.persisted_state(),
+            }])
+            .await?;
+        session.set_persisted(true);
+        Ok(())
     }
 
     /// Rebuilds sessions, subscriptions, queues and retained messages from the log.
@@ -119,7 +187,7 @@ impl Broker {
             let session = Arc::new(Session::new(
                 Arc::from(client_id.as_str()),
                 state.expiry_secs,
-                self.queue_limits(),
+                self.queue_limits_for(&client_id),
             ));
             session.set_persisted(true);
             for (filter, record) in &state.subscriptions {
@@ -183,6 +251,7 @@ impl Broker {
     /// Binds every listener and starts accepting.
     pub async fn start(config: Config) -> Result<Running, BrokerError> {
         let broker = Broker::open(config)?;
+        broker.ensure_dead_letter_session().await?;
         let mut mqtt_addrs = Vec::new();
         for l in &broker.config.listeners {
             let socket = tokio::net::TcpListener::bind(l.bind)
@@ -246,11 +315,10 @@ impl Broker {
             records.insert(0, Record::Message(Arc::new(message_to_store(message))));
         }
         records.append(&mut extra);
-        let ticket = if records.is_empty() {
-            None
-        } else {
-            Some(self.store.submit(records).await?)
-        };
+        let mut tickets = Vec::new();
+        if !records.is_empty() {
+            tickets.push(self.store.submit(records).await?);
+        }
         if message.retain {
             self.router.retain(message);
         }
@@ -258,26 +326,86 @@ impl Broker {
         for (session, delivery) in targets {
             let outcome = session.enqueue(delivery);
             for evicted in outcome.evicted {
-                self.undeliverable(&session, evicted, "queue_full").await;
+                tickets.extend(
+                    self.undeliverable(&session, evicted, DeadLetterReason::QueueFull)
+                        .await,
+                );
             }
         }
-        Ok(Accepted { matched, ticket })
+        if matched == 0 && message.qos != QoS::AtMostOnce && self.config.dead_letter.no_subscribers
+        {
+            let ctx = dead_letter::Context {
+                reason: DeadLetterReason::NoSubscribers,
+                subscriber: None,
+                attempts: 0,
+            };
+            tickets.extend(self.dead_letter(message, ctx).await);
+        }
+        Ok(Accepted { matched, tickets })
     }
 
-    /// A message that will not reach `session`.
-    // TODO(dead letters): hand it to the dead-letter queue; until that lands it is
-    // counted and logged so nothing disappears without a trace.
-    pub async fn undeliverable(&self, session: &Session, delivery: Delivery, reason: &'static str) {
-        metrics::counter!("sluice_messages_dropped_total", "reason" => reason).increment(1);
-        tracing::warn!(
-            client_id = %session.client_id,
-            topic = %delivery.message.topic,
+    /// Publishes the dead letter for `original` (or sheds it, if it is one already).
+    /// Returns the tickets that resolve when the dead letter is durable.
+    pub fn dead_letter<'a>(
+        &'a self,
+        original: &'a Arc<Message>,
+        ctx: dead_letter::Context<'a>,
+    ) -> Pin<Box<dyn Future<Output = Vec<CommitTicket>> + Send + 'a>> {
+        Box::pin(async move {
+            let prefix = &self.config.dead_letter.topic_prefix;
+            if dead_letter::is_dead_letter(prefix, &original.topic) {
+                // A dead letter is never dead-lettered again: this is the one place
+                // sluice discards, and it says so.
+                metrics::counter!(metric::DEAD_LETTERS_SHED).increment(1);
+                tracing::error!(
+                    topic = %original.topic,
+                    reason = ctx.reason.label(),
+                    "dead-letter queue full or undeliverable; dead letter shed"
+                );
+                return Vec::new();
+            }
+            metrics::counter!(metric::DEAD_LETTERS, "reason" => ctx.reason.label()).increment(1);
+            tracing::warn!(
+                topic = %original.topic,
+                reason = ctx.reason.label(),
+                subscriber = ctx.subscriber.unwrap_or(""),
+                "message dead-lettered"
+            );
+            let dl = Arc::new(dead_letter::build(
+                prefix,
+                self.next_message_id(),
+                original,
+                &ctx,
+                crate::message::now_ms(),
+            ));
+            match self.accept(&dl, Vec::new()).await {
+                Ok(accepted) => accepted.tickets,
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %dl.topic, "dead letter not stored");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    /// A message that will not reach `session`: it becomes a dead letter, and its
+    /// place in the session's durable queue is released.
+    pub async fn undeliverable(
+        &self,
+        session: &Session,
+        delivery: Delivery,
+        reason: DeadLetterReason,
+    ) -> Vec<CommitTicket> {
+        let ctx = dead_letter::Context {
             reason,
-            "message not delivered"
-        );
+            subscriber: Some(&session.client_id),
+            attempts: delivery.attempts,
+        };
+        let tickets = self.dead_letter(&delivery.message, ctx).await;
         if delivery.durable {
             self.ack_durable(session, &delivery).await;
         }
+        tickets
     }
 
     /// Records that a durable delivery is finished (acked or given up), without waiting

@@ -3,9 +3,10 @@
 //! store records for it, which the caller writes in order.
 
 use crate::broker::Broker;
+use crate::dead_letter::DeadLetterReason;
 use crate::message::{now_ms, Message};
 use crate::protocol::{reason, LastWill, QoS};
-use crate::session::{LinkLimits, Session, EXPIRY_NEVER};
+use crate::session::{Delivery, LinkLimits, Session, EXPIRY_NEVER};
 use crate::store::Record;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,8 @@ use tracing::{debug, info, warn};
 
 /// Finds, creates or replaces the session for `client_id` and makes `conn_id` its owner.
 /// A connection already attached is kicked (takeover, [MQTT-3.1.4-3]). Returns the
-/// session, whether it was resumed (session present), and the records that make the
-/// change durable (to commit before CONNACK).
+/// session, whether it was resumed (session present), the records that make the change
+/// durable (to commit before CONNACK), and the sessions it ended.
 pub(super) fn attach_session(
     broker: &Arc<Broker>,
     client_id: &Arc<str>,
@@ -24,8 +25,9 @@ pub(super) fn attach_session(
     conn_id: u64,
     kick: oneshot::Sender<u8>,
     link: LinkLimits,
-) -> (Arc<Session>, bool, Vec<Record>) {
+) -> (Arc<Session>, bool, Vec<Record>, Vec<Discarded>) {
     let mut records = Vec::new();
+    let mut discarded = Vec::new();
     if let Some(existing) = broker.sessions.get(client_id) {
         if !clean_start && !existing.is_ended() {
             if let Some(previous) = existing.attach(conn_id, kick, link, expiry_secs) {
@@ -35,18 +37,18 @@ pub(super) fn attach_session(
                 records.push(session_record(&existing));
                 existing.set_persisted(true);
             }
-            return (existing, true, records);
+            return (existing, true, records, discarded);
         }
         // Clean start: the old session ends [MQTT-3.1.2-4].
         if let Some(previous) = existing.take_owner_kick() {
             let _ = previous.send(reason::SESSION_TAKEN_OVER);
         }
-        records.extend(discard_session(broker, &existing));
+        discarded.push(discard_session(broker, &existing));
     }
     let session = Arc::new(Session::new(
         Arc::clone(client_id),
         expiry_secs,
-        broker.queue_limits(),
+        broker.queue_limits_for(client_id),
     ));
     session.attach(conn_id, kick, link, expiry_secs);
     if let Some(replaced) = broker.sessions.insert(Arc::clone(&session)) {
@@ -55,14 +57,15 @@ pub(super) fn attach_session(
             if let Some(k) = replaced.take_owner_kick() {
                 let _ = k.send(reason::SESSION_TAKEN_OVER);
             }
-            records.extend(discard_session(broker, &replaced));
+            discarded.push(discard_session(broker, &replaced));
         }
     }
     if session.is_persistent() {
         records.push(session_record(&session));
         session.set_persisted(true);
     }
-    (session, false, records)
+    records.splice(0..0, discarded.iter().filter_map(|d| d.record.clone()));
+    (session, false, records, discarded)
 }
 
 /// The record holding `session`'s current state.
@@ -73,29 +76,54 @@ pub(super) fn session_record(session: &Session) -> Record {
     }
 }
 
-/// Ends a session: its subscriptions leave the router and its undelivered QoS ≥ 1
-/// messages are reported. Returns the SessionRemove record if the store knew it.
-pub(super) fn discard_session(broker: &Broker, session: &Arc<Session>) -> Option<Record> {
-    let left = session.end();
+/// A session that ended: its store record and what it still held.
+pub(super) struct Discarded {
+    session: Arc<Session>,
+    /// SessionRemove, if the store knew the session.
+    record: Option<Record>,
+    /// QoS ≥ 1 messages still queued or inflight: `session_expired` dead letters.
+    left: Vec<Delivery>,
+}
+
+/// Ends a session: its subscriptions leave the router; the caller writes the record
+/// and dead-letters what was left with [`finish_discard`].
+pub(super) fn discard_session(broker: &Broker, session: &Arc<Session>) -> Discarded {
+    let mut left = session.end();
+    left.retain(|d| d.qos != QoS::AtMostOnce);
     broker.router.remove_session(session);
-    let undelivered = left.iter().filter(|d| d.qos != QoS::AtMostOnce).count();
-    if undelivered > 0 {
-        // TODO(dead letters): these become `session_expired` dead letters.
-        metrics::counter!("sluice_messages_dropped_total", "reason" => "session_expired")
-            .increment(undelivered as u64);
-        warn!(
-            client_id = %session.client_id,
-            undelivered,
-            "session ended with messages still queued"
-        );
-    }
-    if session.is_persisted() {
+    let record = if session.is_persisted() {
         session.set_persisted(false);
-        return Some(Record::SessionRemove {
+        Some(Record::SessionRemove {
             client_id: session.client_id.to_string(),
-        });
+        })
+    } else {
+        None
+    };
+    Discarded {
+        session: Arc::clone(session),
+        record,
+        left,
     }
-    None
+}
+
+/// Dead-letters what an ended session still held. Its durable queue entries went with
+/// the SessionRemove record, so they need no acks.
+pub(super) async fn finish_discard(broker: &Broker, discarded: Vec<Discarded>) {
+    for d in discarded {
+        if !d.left.is_empty() {
+            warn!(
+                client_id = %d.session.client_id,
+                undelivered = d.left.len(),
+                "session ended with messages still queued"
+            );
+        }
+        for mut delivery in d.left {
+            delivery.durable = false;
+            broker
+                .undeliverable(&d.session, delivery, DeadLetterReason::SessionExpired)
+                .await;
+        }
+    }
 }
 
 /// Writes records nobody waits for; a failure is logged (the store logs its own cause).
@@ -118,8 +146,9 @@ pub(super) async fn end_or_schedule_expiry(
 ) {
     if expiry == 0 {
         if broker.sessions.remove_if_same(session) {
-            let record = discard_session(broker, session);
-            append_records(broker, record.into_iter().collect()).await;
+            let discarded = discard_session(broker, session);
+            append_records(broker, discarded.record.iter().cloned().collect()).await;
+            finish_discard(broker, vec![discarded]).await;
         }
         return;
     }
@@ -139,8 +168,9 @@ pub fn schedule_expiry(broker: &Arc<Broker>, session: &Arc<Session>, generation:
             _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
                 if session.generation() == generation && broker.sessions.remove_if_same(&session) {
                     info!(client_id = %session.client_id, "session expired");
-                    let record = discard_session(&broker, &session);
-                    append_records(&broker, record.into_iter().collect()).await;
+                    let discarded = discard_session(&broker, &session);
+                    append_records(&broker, discarded.record.iter().cloned().collect()).await;
+                    finish_discard(&broker, vec![discarded]).await;
                 }
             }
         }
@@ -199,7 +229,7 @@ async fn send_will(broker: &Broker, publisher: Arc<str>, will: LastWill) {
     debug!(topic = %message.topic, "publishing will");
     match broker.accept(&message, Vec::new()).await {
         Ok(accepted) => {
-            if let Some(ticket) = accepted.ticket {
+            for ticket in accepted.tickets {
                 if let Err(e) = ticket.wait().await {
                     warn!(error = %e, "will not made durable");
                 }

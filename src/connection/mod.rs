@@ -22,7 +22,8 @@ use crate::session::{
 use crate::store::Record;
 use bytes::BytesMut;
 use lifecycle::{
-    append_records, attach_session, end_or_schedule_expiry, publish_will, session_record,
+    append_records, attach_session, end_or_schedule_expiry, finish_discard, publish_will,
+    session_record,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -247,6 +248,8 @@ struct Connection {
     client_id: Arc<str>,
     /// Store records the handshake produced, committed before CONNACK.
     records: Vec<Record>,
+    /// Sessions the handshake ended (clean start), whose messages become dead letters.
+    discarded: Vec<lifecycle::Discarded>,
 }
 
 type Refusal = Box<(ConnAck, ProtocolVersion, String)>;
@@ -344,9 +347,15 @@ impl Connection {
             }
         }
 
-        let expiry_secs = if v.is_v5() {
+        let dead_letter_session = broker.is_dead_letter_session(&client_id);
+        let clean_start = connect.clean_start && !dead_letter_session;
+        let expiry_secs = if dead_letter_session {
+            // The dead-letter session always resumes and never expires, whatever the
+            // operator's client asks: draining it must not discard it.
+            EXPIRY_NEVER
+        } else if v.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
-        } else if connect.clean_start {
+        } else if clean_start {
             0
         } else if cfg.session.persistent_session_expiry_secs == 0 {
             EXPIRY_NEVER
@@ -362,10 +371,10 @@ impl Connection {
         let conn_id = next_connection_id();
         let (kick_tx, kick_rx) = oneshot::channel();
         let client_id: Arc<str> = Arc::from(client_id);
-        let (session, present, records) = attach_session(
+        let (session, present, records, discarded) = attach_session(
             broker,
             &client_id,
-            connect.clean_start,
+            clean_start,
             expiry_secs,
             conn_id,
             kick_tx,
@@ -382,7 +391,7 @@ impl Connection {
         info!(
             client_id = %client_id,
             version = v.label(),
-            clean_start = connect.clean_start,
+            clean_start = clean_start,
             keep_alive,
             session_present = present,
             "client connected"
@@ -403,6 +412,7 @@ impl Connection {
             aliases: HashMap::new(),
             client_id,
             records,
+            discarded,
         })
     }
 
@@ -433,6 +443,7 @@ impl Connection {
                 refused = true;
             }
         }
+        finish_discard(&broker, std::mem::take(&mut self.discarded)).await;
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_CAPACITY);
         let writer_done = CancellationToken::new();
         // The CONNACK goes first: the writer drains control packets before the queue.
@@ -513,6 +524,21 @@ impl Connection {
         }
 
         let expiry = self.session.expiry_secs();
+        if self.session.is_owned_by(self.conn_id) && self.session.is_persisted() {
+            // Attempt counts survive the reconnect (and a restart), so a message that
+            // crashes its consumer every time is recognised as poison.
+            let attempts: Vec<Record> = self
+                .session
+                .inflight_attempts()
+                .into_iter()
+                .map(|(message_id, attempts)| Record::Attempt {
+                    session: self.client_id.to_string(),
+                    message_id,
+                    attempts,
+                })
+                .collect();
+            append_records(&broker, attempts).await;
+        }
         let generation = self.session.detach(self.conn_id, None);
         if exit.publishes_will() {
             if let Some(will) = self.will.take() {
@@ -714,7 +740,7 @@ impl Connection {
             if !self.session.begin_inbound_qos2(p.packet_id) {
                 // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
                 let rec = Packet::PubRec(PubResponse::success(p.packet_id));
-                return queue_ack(io, None, rec).await;
+                return queue_ack(io, Vec::new(), rec).await;
             }
             if self.session.inbound_qos2_count() > usize::from(limits.receive_maximum) {
                 return Some(Exit::Refused {
@@ -734,7 +760,7 @@ impl Connection {
             }
         }
         let mut code = reason::SUCCESS;
-        let mut ticket = None;
+        let mut tickets = Vec::new();
         if p.topic.starts_with('$') {
             // `$` topics are the broker's ($SYS, $DLQ): clients may read, not write.
             warn!(topic = %p.topic, "PUBLISH to a reserved '$' topic refused");
@@ -760,7 +786,7 @@ impl Connection {
                     if accepted.matched == 0 {
                         code = reason::NO_MATCHING_SUBSCRIBERS;
                     }
-                    ticket = accepted.ticket;
+                    tickets = accepted.tickets;
                 }
                 Err(e) => {
                     warn!(error = %e, topic = %message.topic, "message not accepted: store unavailable");
@@ -793,7 +819,7 @@ impl Connection {
                 Packet::PubRec(response)
             }
         };
-        queue_ack(io, ticket, packet).await
+        queue_ack(io, tickets, packet).await
     }
 
     /// Commits the session's state if it is persistent (before SUBACK/UNSUBACK).
@@ -940,11 +966,11 @@ impl Connection {
 /// order PUBLISHes arrived.
 async fn queue_ack(
     io: &Io<'_>,
-    ticket: Option<crate::store::CommitTicket>,
+    tickets: Vec<crate::store::CommitTicket>,
     packet: Packet,
 ) -> Option<Exit> {
     io.acks
-        .send(PendingAck { ticket, packet })
+        .send(PendingAck { tickets, packet })
         .await
         .err()
         .map(|_| Exit::WriterGone)

@@ -9,6 +9,7 @@
 
 use super::{qos_label, Control, READ_BUFFER};
 use crate::broker::Broker;
+use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
 use crate::protocol::{self, reason, Disconnect, Packet, ProtocolVersion, PubResponse, Publish};
 use crate::session::{Delivery, Outgoing, Session};
@@ -56,7 +57,9 @@ pub(super) async fn run_writer<W>(
                 Control::Enqueue(deliveries) => {
                     for d in deliveries {
                         for evicted in session.enqueue(d).evicted {
-                            broker.undeliverable(&session, evicted, "queue_full").await;
+                            broker
+                                .undeliverable(&session, evicted, DeadLetterReason::QueueFull)
+                                .await;
                         }
                     }
                 }
@@ -90,7 +93,7 @@ pub(super) async fn run_writer<W>(
                 protocol::encode(&packet, version, &mut out);
             }
             for (d, why) in dropped.drain(..) {
-                broker.undeliverable(&session, d, why.label()).await;
+                broker.undeliverable(&session, d, why).await;
             }
         }
         if !out.is_empty() {
@@ -133,7 +136,7 @@ pub(super) async fn run_writer<W>(
 
 /// An accepted QoS 1/2 PUBLISH waiting for its acknowledgement.
 pub(super) struct PendingAck {
-    pub ticket: Option<CommitTicket>,
+    pub tickets: Vec<CommitTicket>,
     /// PUBACK or PUBREC, success (or 0x10) as if the commit succeeds.
     pub packet: Packet,
 }
@@ -149,8 +152,12 @@ pub(super) async fn run_acker(
     session: Arc<Session>,
     failed: CancellationToken,
 ) {
-    while let Some(PendingAck { ticket, mut packet }) = pending.recv().await {
-        if let Some(ticket) = ticket {
+    while let Some(PendingAck {
+        tickets,
+        mut packet,
+    }) = pending.recv().await
+    {
+        for ticket in tickets {
             if let Err(e) = ticket.wait().await {
                 metrics::counter!("sluice_puback_failed_total").increment(1);
                 warn!(error = %e, "message not made durable; not acknowledging it as stored");

@@ -12,6 +12,7 @@
 
 pub mod persist;
 
+use crate::dead_letter::DeadLetterReason;
 use crate::message::{now_ms, Message};
 use crate::protocol::{QoS, SubscriptionOptions};
 use dashmap::DashMap;
@@ -107,6 +108,10 @@ pub struct QueueLimits {
     pub max_messages: usize,
     pub max_bytes: usize,
     pub queue_qos0_offline: bool,
+    /// When full, refuse the newest message instead of evicting the oldest.
+    pub drop_newest: bool,
+    /// Sends without a PUBACK after which a message is given up (0: never).
+    pub max_delivery_attempts: u32,
 }
 
 #[derive(Debug)]
@@ -331,10 +336,15 @@ impl Session {
             out.evicted.push(delivery);
             return out;
         }
-        while !st.queue.is_empty()
-            && (st.queue.len() >= self.limits.max_messages
-                || st.queued_bytes + cost > self.limits.max_bytes)
-        {
+        let full = |st: &SessionState| {
+            st.queue.len() >= self.limits.max_messages
+                || st.queued_bytes + cost > self.limits.max_bytes
+        };
+        if self.limits.drop_newest && full(&st) {
+            out.evicted.push(delivery);
+            return out;
+        }
+        while !st.queue.is_empty() && full(&st) {
             if let Some(old) = st.queue.pop_front() {
                 st.queued_bytes -= old.message.cost();
                 out.evicted.push(old);
@@ -378,7 +388,7 @@ impl Session {
         conn_id: u64,
         max: usize,
         out: &mut Vec<Outgoing>,
-        dropped: &mut Vec<(Delivery, DropReason)>,
+        dropped: &mut Vec<(Delivery, DeadLetterReason)>,
         encoded_len: impl Fn(&Delivery) -> usize,
     ) {
         let mut st = self.state.lock();
@@ -386,8 +396,23 @@ impl Session {
             return;
         }
         let now = now_ms();
+        let max_attempts = self.limits.max_delivery_attempts;
+        let exhausted = |d: &Delivery| max_attempts > 0 && d.attempts >= max_attempts;
         if st.resend {
             st.resend = false;
+            // A message sent max_delivery_attempts times without a PUBACK is a poison
+            // message: it leaves the window instead of being sent again.
+            let mut i = 0;
+            while i < st.inflight.len() {
+                let entry = &st.inflight[i];
+                if entry.stage == Stage::Published && exhausted(&entry.delivery) {
+                    if let Some(e) = st.inflight.remove(i) {
+                        dropped.push((e.delivery, DeadLetterReason::MaxAttempts));
+                    }
+                    continue;
+                }
+                i += 1;
+            }
             for entry in st.inflight.iter_mut() {
                 match entry.stage {
                     Stage::Published => {
@@ -416,12 +441,16 @@ impl Session {
             };
             st.queued_bytes -= delivery.message.cost();
             if delivery.message.is_expired(now) {
-                dropped.push((delivery, DropReason::Expired));
+                dropped.push((delivery, DeadLetterReason::Expired));
+                continue;
+            }
+            if delivery.qos != QoS::AtMostOnce && exhausted(&delivery) {
+                dropped.push((delivery, DeadLetterReason::MaxAttempts));
                 continue;
             }
             if let Some(limit) = max_packet {
                 if encoded_len(&delivery) > limit as usize {
-                    dropped.push((delivery, DropReason::TooLarge));
+                    dropped.push((delivery, DeadLetterReason::TooLarge));
                     continue;
                 }
             }
@@ -509,30 +538,22 @@ impl Session {
         self.state.lock().awaiting_rel.remove(&packet_id)
     }
 
+    /// Attempt counts of durable inflight messages, to persist when the owner leaves so
+    /// a poison message is recognised across reconnects and restarts.
+    pub fn inflight_attempts(&self) -> Vec<(u64, u32)> {
+        self.state
+            .lock()
+            .inflight
+            .iter()
+            .filter(|e| e.delivery.durable && e.stage == Stage::Published)
+            .map(|e| (e.delivery.message.id, e.delivery.attempts))
+            .collect()
+    }
+
     /// Queued (not yet sent) and inflight message counts.
     pub fn depth(&self) -> (usize, usize) {
         let st = self.state.lock();
         (st.queue.len(), st.inflight.len())
-    }
-}
-
-/// Why a queued message was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    Expired,
-    TooLarge,
-    QueueFull,
-    SessionEnded,
-}
-
-impl DropReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            DropReason::Expired => "expired",
-            DropReason::TooLarge => "too_large",
-            DropReason::QueueFull => "queue_full",
-            DropReason::SessionEnded => "session_expired",
-        }
     }
 }
 
@@ -627,6 +648,8 @@ mod tests {
                 max_messages,
                 max_bytes: 1 << 20,
                 queue_qos0_offline: false,
+                drop_newest: false,
+                max_delivery_attempts: 3,
             },
         )
     }
@@ -711,6 +734,31 @@ mod tests {
     }
 
     #[test]
+    fn poison_message_leaves_after_max_attempts() {
+        let s = session(10);
+        s.enqueue(delivery(1, QoS::AtLeastOnce));
+        for conn in 1..=3 {
+            let (tx, _rx) = oneshot::channel();
+            s.attach(conn, tx, link(10), EXPIRY_NEVER);
+            let mut out = Vec::new();
+            let mut dropped = Vec::new();
+            s.take_deliveries(conn, 10, &mut out, &mut dropped, |_| 10);
+            assert_eq!(ids(&out).len(), 1, "attempt {conn} is sent");
+            assert!(dropped.is_empty());
+            s.detach(conn, None);
+        }
+        let (tx, _rx) = oneshot::channel();
+        s.attach(4, tx, link(10), EXPIRY_NEVER);
+        let mut out = Vec::new();
+        let mut dropped = Vec::new();
+        s.take_deliveries(4, 10, &mut out, &mut dropped, |_| 10);
+        assert!(out.is_empty());
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].1, DeadLetterReason::MaxAttempts);
+        assert_eq!(dropped[0].0.attempts, 3);
+    }
+
+    #[test]
     fn offline_session_skips_qos0() {
         let s = session(10);
         assert!(!s.enqueue(delivery(1, QoS::AtMostOnce)).queued);
@@ -751,7 +799,10 @@ mod tests {
         s.take_deliveries(1, 10, &mut out, &mut dropped, |_| 10);
         assert!(out.is_empty());
         let reasons: Vec<_> = dropped.iter().map(|(_, r)| *r).collect();
-        assert_eq!(reasons, vec![DropReason::Expired, DropReason::TooLarge]);
+        assert_eq!(
+            reasons,
+            vec![DeadLetterReason::Expired, DeadLetterReason::TooLarge]
+        );
     }
 
     impl Message {
