@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crash_support::{
-    collect_until, head, judge, publish_once, publish_with_kills, Broker, PublishOutcome, Rng,
-    SubEvent, SubscriberTask,
+    collect_until, head, judge, publish_once, publish_with_kills, Broker, PacketIds,
+    PublishOutcome, Rng, SubEvent, SubscriberTask,
 };
 use rumqttc::QoS;
 
@@ -77,6 +77,7 @@ async fn offline_subscriber_qos1(name: &str, config: Option<&str>) {
         &format!("{name}-pub"),
         "crash/p1/seq",
         QoS::AtLeastOnce,
+        PacketIds::Unique,
         total,
         32,
         &kills,
@@ -116,7 +117,11 @@ async fn offline_subscriber_qos1(name: &str, config: Option<&str>) {
         "[{name}] seed={seed}: first deliveries out of publish order (prev, next): {}",
         head(&v.out_of_order)
     );
-    assert!(v.unknown.is_empty(), "unknown sequence numbers {:?}", v.unknown);
+    assert!(
+        v.unknown.is_empty(),
+        "unknown sequence numbers {:?}",
+        v.unknown
+    );
     assert!(
         connacks.iter().all(|&p| p),
         "[{name}] seed={seed}: a reconnect found no session"
@@ -163,6 +168,7 @@ async fn online_persistent_subscriber_receives_every_acked_qos1_across_kill9() {
             "online-qos1-pub",
             "crash/p2/seq",
             QoS::AtLeastOnce,
+            PacketIds::Reused(100),
             total,
             32,
             &kills,
@@ -197,7 +203,11 @@ async fn online_persistent_subscriber_receives_every_acked_qos1_across_kill9() {
             "[{name}] seed={seed}: first deliveries out of publish order (prev, next): {}",
             head(&v.out_of_order)
         );
-        assert!(v.unknown.is_empty(), "unknown sequence numbers {:?}", v.unknown);
+        assert!(
+            v.unknown.is_empty(),
+            "unknown sequence numbers {:?}",
+            v.unknown
+        );
         assert!(
             connacks.iter().all(|&p| p),
             "[{name}] seed={seed}: a reconnect after a kill found no session: {connacks:?}"
@@ -211,74 +221,98 @@ async fn online_persistent_subscriber_receives_every_acked_qos1_across_kill9() {
 /// PUBREC (the broker may have stored them already: it must recognise the packet id it
 /// recorded and not route them again) and the PUBRELs. The offline QoS 2 subscriber must
 /// then get every PUBRECed message exactly once.
+async fn qos2_exactly_once(name: &str, ids: PacketIds) {
+    let started = Instant::now();
+    let (mut rng, seed) = Rng::from_env_or_clock(name);
+    let mut broker = Broker::start();
+    let sub_id = format!("{name}-sub");
+
+    let mut sub = SubscriberTask::spawn(&sub_id, broker.port_cell(), false);
+    sub.connack(STEP).await;
+    sub.subscribe("crash/+/seq", QoS::ExactlyOnce, STEP).await;
+    sub.disconnect(STEP).await;
+
+    let total = 2000;
+    let kills = rng.kill_points(total, 4);
+    eprintln!("[{name}] kill points {kills:?}");
+    let out = publish_with_kills(
+        &mut broker,
+        &mut rng,
+        &format!("{name}-pub"),
+        "crash/q2/seq",
+        QoS::ExactlyOnce,
+        ids,
+        total,
+        32,
+        &kills,
+        started + Duration::from_secs(40),
+    )
+    .await;
+
+    let mut sub = SubscriberTask::spawn(&sub_id, broker.port_cell(), false);
+    let present = sub.connack(STEP).await;
+    let mut got = Vec::new();
+    let mut connacks = Vec::new();
+    // A longer quiet period: late duplicates are what this test is after.
+    collect_until(
+        &mut sub,
+        &out.acked,
+        Duration::from_secs(2),
+        Instant::now() + Duration::from_secs(10),
+        &mut got,
+        &mut connacks,
+    )
+    .await;
+    sub.abort();
+    report(name, seed, &broker, &out, &got);
+
+    assert!(present, "[{name}] seed={seed}: session lost");
+    let v = judge(&out.acked, total, &got);
+    assert!(
+        v.missing.is_empty(),
+        "[{name}] seed={seed}: {} PUBRECed messages lost: {} (kills at {kills:?}; \
+         {} connections closed by the broker)",
+        v.missing.len(),
+        head(&v.missing),
+        out.unexpected_disconnects.len()
+    );
+    assert!(
+        v.duplicates.is_empty(),
+        "[{name}] seed={seed}: QoS 2 messages delivered more than once (seq, times): {} \
+         (kills at {kills:?})",
+        head(&v.duplicates)
+    );
+    assert!(
+        v.out_of_order.is_empty(),
+        "[{name}] seed={seed}: deliveries out of publish order (prev, next): {}",
+        head(&v.out_of_order)
+    );
+    assert!(
+        v.unknown.is_empty(),
+        "unknown sequence numbers {:?}",
+        v.unknown
+    );
+    assert!(
+        out.unexpected_disconnects.is_empty(),
+        "[{name}] seed={seed}: the broker closed the publisher's connection {} times: {}",
+        out.unexpected_disconnects.len(),
+        head(&out.unexpected_disconnects)
+    );
+}
+
+/// Packet ids never reused: shows inbound QoS 2 ids piling up across kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_exactly_once_across_kill9() {
-    let name = "qos2";
-    bounded(name, async {
-        let started = Instant::now();
-        let (mut rng, seed) = Rng::from_env_or_clock(name);
-        let mut broker = Broker::start();
+    let name = "qos2-unique-ids";
+    bounded(name, qos2_exactly_once(name, PacketIds::Unique)).await;
+}
 
-        let mut sub = SubscriberTask::spawn("qos2-sub", broker.port_cell(), false);
-        sub.connack(STEP).await;
-        sub.subscribe("crash/+/seq", QoS::ExactlyOnce, STEP).await;
-        sub.disconnect(STEP).await;
-
-        let total = 2000;
-        let kills = rng.kill_points(total, 4);
-        eprintln!("[{name}] kill points {kills:?}");
-        let out = publish_with_kills(
-            &mut broker,
-            &mut rng,
-            "qos2-pub",
-            "crash/q2/seq",
-            QoS::ExactlyOnce,
-            total,
-            32,
-            &kills,
-            started + Duration::from_secs(40),
-        )
-        .await;
-
-        let mut sub = SubscriberTask::spawn("qos2-sub", broker.port_cell(), false);
-        let present = sub.connack(STEP).await;
-        let mut got = Vec::new();
-        let mut connacks = Vec::new();
-        // A longer quiet period: late duplicates are what this test is after.
-        collect_until(
-            &mut sub,
-            &out.acked,
-            Duration::from_secs(2),
-            Instant::now() + Duration::from_secs(10),
-            &mut got,
-            &mut connacks,
-        )
-        .await;
-        sub.abort();
-        report(name, seed, &broker, &out, &got);
-
-        assert!(present, "[{name}] seed={seed}: session lost");
-        let v = judge(&out.acked, total, &got);
-        assert!(
-            v.missing.is_empty(),
-            "[{name}] seed={seed}: {} PUBRECed messages lost: {} (kills at {kills:?})",
-            v.missing.len(),
-            head(&v.missing)
-        );
-        assert!(
-            v.duplicates.is_empty(),
-            "[{name}] seed={seed}: QoS 2 messages delivered more than once (seq, times): {} \
-             (kills at {kills:?})",
-            head(&v.duplicates)
-        );
-        assert!(
-            v.out_of_order.is_empty(),
-            "[{name}] seed={seed}: deliveries out of publish order (prev, next): {}",
-            head(&v.out_of_order)
-        );
-        assert!(v.unknown.is_empty(), "unknown sequence numbers {:?}", v.unknown);
-    })
-    .await;
+/// Packet ids 1..=64 reused as soon as their flow completed, as real clients do: a stale
+/// id the broker still remembers must not swallow a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_exactly_once_across_kill9_reused_packet_ids() {
+    let name = "qos2-reused-ids";
+    bounded(name, qos2_exactly_once(name, PacketIds::Reused(64))).await;
 }
 
 /// Test 4: a retained QoS 1 message whose PUBACK arrived survives kill -9 and is delivered,
@@ -312,7 +346,10 @@ async fn retained_message_survives_kill9() {
         sub.abort();
         assert_eq!(p.topic, "crash/retained/r1");
         assert_eq!(&p.payload[..], b"keep-me");
-        assert!(p.retain, "retained message delivered without the retain flag");
+        assert!(
+            p.retain,
+            "retained message delivered without the retain flag"
+        );
     })
     .await;
 }
@@ -377,7 +414,11 @@ async fn v5_session_survives_kill9() {
     }
 
     /// Polls until `want` accepts an event; a timeout or connection error fails the test.
-    async fn wait_for<T>(el: &mut EventLoop, what: &str, mut want: impl FnMut(Event) -> Option<T>) -> T {
+    async fn wait_for<T>(
+        el: &mut EventLoop,
+        what: &str,
+        mut want: impl FnMut(Event) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + STEP;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -431,7 +472,10 @@ async fn v5_session_survives_kill9() {
             _ => None,
         })
         .await;
-        assert!(present, "CONNACK session present = false after kill -9 (v5)");
+        assert!(
+            present,
+            "CONNACK session present = false after kill -9 (v5)"
+        );
         let (topic, payload) = wait_for(&mut el, "the queued message", |ev| match ev {
             Event::Incoming(Packet::Publish(p)) => Some((p.topic, p.payload)),
             _ => None,

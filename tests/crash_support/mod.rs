@@ -109,7 +109,9 @@ impl Broker {
             config_path,
             kills: 0,
         };
-        let port = broker.spawn(0).unwrap_or_else(|e| panic!("start sluice: {e}"));
+        let port = broker
+            .spawn(0)
+            .unwrap_or_else(|e| panic!("start sluice: {e}"));
         broker.port.store(port, Ordering::SeqCst);
         broker
     }
@@ -232,17 +234,43 @@ fn parse_mqtt_port(line: &str) -> Option<u16> {
         .and_then(|p| p.parse().ok())
 }
 
-/// v4 (MQTT 3.1.1) options with settings every test wants.
-pub fn v4_options(client_id: &str, port: u16, clean_session: bool) -> MqttOptions {
+/// v4 (MQTT 3.1.1) options with settings every test wants. rumqttc hands out packet ids
+/// 1..=`max_packet_id` and wraps; the publish driver limits what is really in flight.
+pub fn v4_options_ids(
+    client_id: &str,
+    port: u16,
+    clean_session: bool,
+    max_packet_id: u16,
+) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
     o.set_clean_session(clean_session)
         .set_keep_alive(Duration::from_secs(30))
         .set_request_channel_capacity(10_000)
-        // Packet ids are handed out 1..=inflight and wrap. A large value keeps every id of
-        // a test unique, so an id maps back to one sequence number without ambiguity; the
-        // driver limits what is really in flight itself.
-        .set_inflight(60_000);
+        .set_inflight(max_packet_id);
     o
+}
+
+pub fn v4_options(client_id: &str, port: u16, clean_session: bool) -> MqttOptions {
+    v4_options_ids(client_id, port, clean_session, 100)
+}
+
+/// How the publisher's client numbers its packets.
+#[derive(Debug, Clone, Copy)]
+pub enum PacketIds {
+    /// Ids never wrap within a test (60 000 of them): a stale id the broker kept cannot
+    /// swallow a new message, so damage shows up in other ways (refusals, duplicates).
+    Unique,
+    /// Ids 1..=n, reused as soon as their flow completed — what real clients do.
+    Reused(u16),
+}
+
+impl PacketIds {
+    fn max(self) -> u16 {
+        match self {
+            PacketIds::Unique => 60_000,
+            PacketIds::Reused(n) => n,
+        }
+    }
 }
 
 pub fn seq_payload(seq: u64) -> Vec<u8> {
@@ -450,20 +478,28 @@ pub async fn publish_with_kills(
     client_id: &str,
     topic: &str,
     qos: QoS,
+    ids: PacketIds,
     total: u64,
     window: usize,
     kill_points: &[u64],
     deadline: Instant,
 ) -> PublishOutcome {
     assert!(qos != QoS::AtMostOnce);
-    assert!(total < 60_000, "packet ids must not wrap (see v4_options)");
+    match ids {
+        PacketIds::Unique => assert!(total < 60_000, "unique packet ids would wrap"),
+        PacketIds::Reused(n) => assert!(window <= usize::from(n)),
+    }
+    let max_id = ids.max();
     let mut port = broker.port();
-    let (client, mut el) = AsyncClient::new(v4_options(client_id, port, false), 10_000);
+    let (client, mut el) = AsyncClient::new(v4_options_ids(client_id, port, false, max_id), 10_000);
     let mut out = PublishOutcome::default();
     // Requested from the client, not yet given a packet id (in request order).
     let mut unsent: VecDeque<u64> = VecDeque::new();
     // Packet id -> sequence number, until PUBACK (QoS 1) or PUBCOMP (QoS 2).
     let mut in_flight: HashMap<u16, u64> = HashMap::new();
+    // A request rumqttc took but holds back because its packet id is still in use; it is
+    // sent (as `Outgoing::Publish`) once that id is free.
+    let mut collided: Option<(u16, u64)> = None;
     let mut next: u64 = 0;
     let mut kills = kill_points.iter().copied().peekable();
     // Events still to handle before the pending kill fires.
@@ -479,10 +515,12 @@ pub async fn publish_with_kills(
             in_flight.len(),
             unsent.len()
         );
-        if next == total && unsent.is_empty() && in_flight.is_empty() {
+        if next == total && unsent.is_empty() && in_flight.is_empty() && collided.is_none() {
             break;
         }
-        while next < total && unsent.len() + in_flight.len() < window {
+        while next < total
+            && unsent.len() + in_flight.len() + usize::from(collided.is_some()) < window
+        {
             client
                 .try_publish(topic, qos, false, seq_payload(next))
                 .expect("request channel has room");
@@ -496,7 +534,8 @@ pub async fn publish_with_kills(
         if kill_countdown == Some(0) {
             kill_countdown = None;
             out.acked_at_kill.push(out.acked.len());
-            out.in_flight_at_kill.push(unsent.len() + in_flight.len());
+            out.in_flight_at_kill
+                .push(unsent.len() + in_flight.len() + usize::from(collided.is_some()));
             broker.kill9();
             killed = true;
         }
@@ -515,6 +554,9 @@ pub async fn publish_with_kills(
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 if in_flight.contains_key(&pkid) {
                     out.retransmits += 1;
+                } else if collided.is_some_and(|(id, _)| id == pkid) {
+                    let (_, seq) = collided.take().expect("checked");
+                    in_flight.insert(pkid, seq);
                 } else {
                     let seq = unsent
                         .pop_front()
@@ -523,7 +565,11 @@ pub async fn publish_with_kills(
                 }
             }
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
-                panic!("rumqttc packet id collision on {pkid}: ids wrapped")
+                assert!(collided.is_none(), "two packet id collisions at once");
+                let seq = unsent
+                    .pop_front()
+                    .unwrap_or_else(|| panic!("collision on id {pkid} with nothing requested"));
+                collided = Some((pkid, seq));
             }
             Ok(Event::Incoming(Packet::PubAck(a))) => {
                 let seq = in_flight
@@ -549,7 +595,7 @@ pub async fn publish_with_kills(
                     broker.restart();
                     if broker.port() != port {
                         port = broker.port();
-                        el.mqtt_options = v4_options(client_id, port, false);
+                        el.mqtt_options = v4_options_ids(client_id, port, false, max_id);
                     }
                 } else {
                     // The broker dropped us (or refused while starting): note and retry.
