@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // each test uses a different subset
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
@@ -552,16 +553,21 @@ pub async fn publish_with_kills(
         }
         match ev {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if in_flight.contains_key(&pkid) {
-                    out.retransmits += 1;
-                } else if collided.is_some_and(|(id, _)| id == pkid) {
-                    let (_, seq) = collided.take().expect("checked");
-                    in_flight.insert(pkid, seq);
-                } else {
-                    let seq = unsent
-                        .pop_front()
-                        .unwrap_or_else(|| panic!("PUBLISH id {pkid} with nothing requested"));
-                    in_flight.insert(pkid, seq);
+                match in_flight.entry(pkid) {
+                    // Re-sent after a reconnect: same id, same message.
+                    Entry::Occupied(_) => out.retransmits += 1,
+                    Entry::Vacant(slot) => {
+                        let seq = match collided {
+                            Some((id, seq)) if id == pkid => {
+                                collided = None;
+                                seq
+                            }
+                            _ => unsent.pop_front().unwrap_or_else(|| {
+                                panic!("PUBLISH id {pkid} with nothing requested")
+                            }),
+                        };
+                        slot.insert(seq);
+                    }
                 }
             }
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
