@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crash_support::{
-    collect_until, head, judge, publish_once, publish_with_kills, Broker, PacketIds,
+    collect_until, head, judge_resent, publish_once, publish_with_kills, Broker, PacketIds,
     PublishOutcome, Rng, SubEvent, SubscriberTask,
 };
 use rumqttc::QoS;
@@ -105,7 +105,7 @@ async fn offline_subscriber_qos1(name: &str, config: Option<&str>) {
         present,
         "[{name}] seed={seed}: the persistent session was not present after the restarts"
     );
-    let v = judge(&out.acked, total, &got);
+    let v = judge_resent(&out.acked, &out.resent, total, &got);
     assert!(
         v.missing.is_empty(),
         "[{name}] seed={seed}: {} PUBACKed messages lost: {} (kills at {kills:?})",
@@ -190,7 +190,7 @@ async fn online_persistent_subscriber_receives_every_acked_qos1_across_kill9() {
         sub.abort();
         report(name, seed, &broker, &out, &got);
 
-        let v = judge(&out.acked, total, &got);
+        let v = judge_resent(&out.acked, &out.resent, total, &got);
         assert!(
             v.missing.is_empty(),
             "[{name}] seed={seed}: {} PUBACKed messages never reached the online \
@@ -267,7 +267,7 @@ async fn qos2_exactly_once(name: &str, ids: PacketIds) {
     report(name, seed, &broker, &out, &got);
 
     assert!(present, "[{name}] seed={seed}: session lost");
-    let v = judge(&out.acked, total, &got);
+    let v = judge_resent(&out.acked, &out.resent, total, &got);
     assert!(
         v.missing.is_empty(),
         "[{name}] seed={seed}: {} PUBRECed messages lost: {} (kills at {kills:?}; \

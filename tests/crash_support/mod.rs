@@ -462,6 +462,10 @@ pub struct PublishOutcome {
     pub in_flight_at_kill: Vec<usize>,
     /// PUBLISH packets re-sent by the client after reconnecting.
     pub retransmits: u64,
+    /// Sequence numbers the client re-sent after a reconnect. rumqttc re-sends its
+    /// pending PUBLISHes in packet-id order, not publish order, so the broker may
+    /// legitimately receive (and deliver) these out of publish order.
+    pub resent: BTreeSet<u64>,
     /// Connection errors that did not follow one of our kills.
     pub unexpected_disconnects: Vec<String>,
 }
@@ -555,7 +559,10 @@ pub async fn publish_with_kills(
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 match in_flight.entry(pkid) {
                     // Re-sent after a reconnect: same id, same message.
-                    Entry::Occupied(_) => out.retransmits += 1,
+                    Entry::Occupied(e) => {
+                        out.retransmits += 1;
+                        out.resent.insert(*e.get());
+                    }
                     Entry::Vacant(slot) => {
                         let seq = match collided {
                             Some((id, seq)) if id == pkid => {
@@ -661,6 +668,17 @@ pub struct Verdict {
 }
 
 pub fn judge(acked: &BTreeSet<u64>, total: u64, got: &[u64]) -> Verdict {
+    judge_resent(acked, &BTreeSet::new(), total, got)
+}
+
+/// Like [`judge`], but an order inversion involving a message the client re-sent after
+/// a reconnect is not the broker's: the client itself sent those out of order.
+pub fn judge_resent(
+    acked: &BTreeSet<u64>,
+    resent: &BTreeSet<u64>,
+    total: u64,
+    got: &[u64],
+) -> Verdict {
     let mut counts: HashMap<u64, usize> = HashMap::new();
     let mut first_order = Vec::new();
     for &s in got {
@@ -683,7 +701,7 @@ pub fn judge(acked: &BTreeSet<u64>, total: u64, got: &[u64]) -> Verdict {
     duplicates.sort_unstable();
     let out_of_order = first_order
         .windows(2)
-        .filter(|w| w[1] < w[0])
+        .filter(|w| w[1] < w[0] && !resent.contains(&w[0]) && !resent.contains(&w[1]))
         .map(|w| (w[0], w[1]))
         .collect();
     let unknown = counts.keys().copied().filter(|&s| s >= total).collect();
