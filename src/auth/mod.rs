@@ -21,8 +21,11 @@
 
 use std::path::PathBuf;
 
+mod acl;
+mod filter;
 mod password;
 
+pub use acl::{Access, AclFile};
 pub use password::{
     hash_password, hash_password_with_iterations, upsert_password_line, PasswordFile,
     DEFAULT_PBKDF2_ITERATIONS,
