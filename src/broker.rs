@@ -5,9 +5,10 @@
 //! is a [`CancellationToken`] every connection selects on, plus a [`TaskTracker`] the
 //! broker waits on for the grace period.
 
+use crate::auth::AuthFiles;
 use crate::config::{Config, Durability, Spill};
 use crate::dead_letter::{self, DeadLetterReason};
-use crate::listener;
+use crate::listener::{self, Listener};
 use crate::message::{decode_properties, encode_properties, Message};
 use crate::metrics as metric;
 use crate::protocol::QoS;
@@ -19,6 +20,7 @@ use crate::store::{
     CommitTicket, DurabilityPolicy, Record, Recovered, Store, StoreConfig, StoreError,
     StoredMessage,
 };
+use parking_lot::RwLock;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,6 +34,10 @@ use tokio_util::task::TaskTracker;
 pub enum BrokerError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("{0}")]
+    Tls(#[from] crate::listener::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -52,6 +58,10 @@ pub struct Broker {
     pub connection_permits: Arc<Semaphore>,
     /// The durable log: persistent sessions, their queues, retained messages.
     pub store: Store,
+    /// Password and ACL files in force (swapped whole on SIGHUP).
+    pub auth: RwLock<Arc<AuthFiles>>,
+    /// Bound listeners, for SIGHUP's certificate reload.
+    listeners: parking_lot::Mutex<Vec<Arc<Listener>>>,
 }
 
 /// What accepting a message did.
@@ -68,7 +78,10 @@ pub struct Accepted {
 #[derive(Debug)]
 pub struct Running {
     pub broker: Arc<Broker>,
+    /// Every bound listener address.
     pub mqtt_addrs: Vec<SocketAddr>,
+    /// The same, with each listener's scheme ("mqtt" or "mqtts") for the ready line.
+    pub listener_addrs: Vec<(&'static str, SocketAddr)>,
 }
 
 impl Broker {
@@ -84,9 +97,12 @@ impl Broker {
             segment_bytes: config.store.segment_bytes,
             ..StoreConfig::default()
         })?;
+        let auth = AuthFiles::load(&config.auth)?;
         let router = Router::new(config.limits.max_topic_levels);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let broker = Arc::new(Broker {
+            auth: RwLock::new(Arc::new(auth)),
+            listeners: parking_lot::Mutex::new(Vec::new()),
             config,
             sessions: SessionRegistry::default(),
             router,
@@ -253,7 +269,10 @@ impl Broker {
         let broker = Broker::open(config)?;
         broker.ensure_dead_letter_session().await?;
         let mut mqtt_addrs = Vec::new();
+        let mut listener_addrs = Vec::new();
+        let mut listeners = Vec::new();
         for l in &broker.config.listeners {
+            let listener = Arc::new(Listener::new(l.clone())?);
             let socket = tokio::net::TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| BrokerError::Bind {
@@ -265,9 +284,50 @@ impl Broker {
                 source,
             })?;
             mqtt_addrs.push(local);
-            tokio::spawn(listener::accept_loop(socket, Arc::clone(&broker)));
+            listener_addrs.push((l.scheme(), local));
+            if !l.anonymous_allowed() {
+                tracing::info!(bind = %local, "anonymous clients are refused on this listener");
+            }
+            listeners.push(Arc::clone(&listener));
+            tokio::spawn(listener::accept_loop(socket, listener, Arc::clone(&broker)));
         }
-        Ok(Running { broker, mqtt_addrs })
+        *broker.listeners.lock() = listeners;
+        Ok(Running {
+            broker,
+            mqtt_addrs,
+            listener_addrs,
+        })
+    }
+
+    /// SIGHUP: re-reads the password file, the ACL file and every TLS listener's
+    /// certificates. What fails to load keeps its current version, and the log says why;
+    /// open connections are not dropped.
+    pub fn reload(&self) {
+        match AuthFiles::load(&self.config.auth) {
+            Ok(files) => {
+                *self.auth.write() = Arc::new(files);
+                tracing::info!("password and ACL files reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the previous password and ACL files")
+            }
+        }
+        for l in self.listeners.lock().iter() {
+            if l.tls.is_none() {
+                continue;
+            }
+            match l.reload_tls() {
+                Ok(()) => tracing::info!(bind = %l.config.bind, "TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(bind = %l.config.bind, error = %e, "TLS reload failed; keeping the previous certificates")
+                }
+            }
+        }
+    }
+
+    /// The password and ACL files in force now.
+    pub fn auth_files(&self) -> Arc<AuthFiles> {
+        Arc::clone(&self.auth.read())
     }
 
     pub fn next_message_id(&self) -> u64 {

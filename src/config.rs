@@ -37,6 +37,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub store: StoreSettings,
     pub dead_letter: DeadLetterConfig,
+    pub auth: AuthConfig,
 }
 
 /// Which end of a full queue spills to the dead-letter topic.
@@ -77,6 +78,7 @@ impl Default for DeadLetterConfig {
 #[serde(rename_all = "lowercase")]
 pub enum ListenerKind {
     Tcp,
+    Tls,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -85,10 +87,81 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     #[serde(default = "default_listener_kind")]
     pub kind: ListenerKind,
+    /// Anonymous clients (no username, no certificate identity) may connect. Default:
+    /// allowed on loopback binds only (mosquitto 2.x's secure default).
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// TLS: PEM certificate chain.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// TLS: PEM CA bundle for client certificates; enables mutual TLS.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// TLS: refuse clients without a certificate signed by `client_ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// TLS: the client certificate's CN (or first DNS SAN) becomes the username.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// TLS: PEM certificate revocation lists for client certificates.
+    #[serde(default)]
+    pub crl_file: Option<PathBuf>,
+    /// TLS: a handshake not finished within this many seconds is cut off.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
 }
 
 fn default_listener_kind() -> ListenerKind {
     ListenerKind::Tcp
+}
+
+fn default_handshake_timeout() -> u64 {
+    10
+}
+
+impl ListenerConfig {
+    pub fn tcp(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            kind: ListenerKind::Tcp,
+            allow_anonymous: None,
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
+            crl_file: None,
+            handshake_timeout_secs: default_handshake_timeout(),
+        }
+    }
+
+    /// Whether anonymous clients may connect here: as configured, or only on loopback.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or_else(|| self.bind.ip().is_loopback())
+    }
+
+    /// The ready-line and metrics label: "mqtt" or "mqtts".
+    pub fn scheme(&self) -> &'static str {
+        match self.kind {
+            ListenerKind::Tcp => "mqtt",
+            ListenerKind::Tls => "mqtts",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// mosquitto_passwd file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 lines). When set,
+    /// every client with a username must match it.
+    pub password_file: Option<PathBuf>,
+    /// mosquitto ACL file. When set, it governs every publish, subscribe and delivery,
+    /// `$SYS` and `$DLQ` included.
+    pub acl_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -141,15 +214,16 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             shutdown_grace_secs: 5,
-            listeners: vec![ListenerConfig {
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-                kind: ListenerKind::Tcp,
-            }],
+            listeners: vec![ListenerConfig::tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                1883,
+            )))],
             metrics: MetricsConfig::default(),
             limits: Limits::default(),
             session: SessionConfig::default(),
             store: StoreSettings::default(),
             dead_letter: DeadLetterConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -226,6 +300,33 @@ impl Config {
                 "must be between 64 and 268435460 bytes (the protocol maximum)",
             );
         }
+        for listener in &self.listeners {
+            if listener.kind == ListenerKind::Tls
+                && (listener.cert_file.is_none() || listener.key_file.is_none())
+            {
+                return invalid(
+                    "listener.cert_file",
+                    "a tls listener needs cert_file and key_file",
+                );
+            }
+            if listener.require_client_cert && listener.client_ca_file.is_none() {
+                return invalid(
+                    "listener.require_client_cert",
+                    "needs client_ca_file to verify client certificates against",
+                );
+            }
+            if listener.kind == ListenerKind::Tcp
+                && (listener.cert_file.is_some() || listener.client_ca_file.is_some())
+            {
+                return invalid(
+                    "listener.kind",
+                    "certificate files are set on a listener whose kind is not \"tls\"",
+                );
+            }
+            if listener.handshake_timeout_secs == 0 {
+                return invalid("listener.handshake_timeout_secs", "must be at least 1");
+            }
+        }
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
         }
@@ -288,14 +389,32 @@ impl Config {
     }
 }
 
-/// " (line N)" for a byte span in `text`, so the error points at the key.
+/// " (key `table.key`, line N)" for a byte span in `text`, so the error names the key
+/// even when the parser only knows the bad value's position.
 fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line})")
+    let Some(span) = span else {
+        return String::new();
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_owned());
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.trim().starts_with('[') => {
+            let key = key.trim();
+            let full = match table {
+                Some(t) => format!("{t}.{key}"),
+                None => key.to_owned(),
+            };
+            format!(" (key `{full}`, line {line_no})")
         }
-        None => String::new(),
+        _ => format!(" (line {line_no})"),
     }
 }
 
@@ -339,5 +458,15 @@ mod tests {
         let err = Config::from_toml("[store]\ndurability = \"sometimes\"\n", Path::new("x"))
             .expect_err("bad enum");
         assert!(err.to_string().contains("sometimes"), "{err}");
+        assert!(err.to_string().contains("store.durability"), "{err}");
+        let err = Config::from_toml(
+            "[limits]\nconnect_timeout_secs = \"soon\"\n",
+            Path::new("x"),
+        )
+        .expect_err("bad type");
+        assert!(
+            err.to_string().contains("limits.connect_timeout_secs"),
+            "{err}"
+        );
     }
 }

@@ -31,6 +31,18 @@ struct Cli {
     /// Prometheus metrics address (port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// TLS listener address (needs --tls-cert and --tls-key); added to the listeners.
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for --tls-listen.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-listen.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: --tls-listen then requires client certificates signed by it.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -97,11 +109,17 @@ fn load_config(cli: &Cli) -> Result<Config, sluice::config::ConfigError> {
         config.listeners = cli
             .listen
             .iter()
-            .map(|&bind| ListenerConfig {
-                bind,
-                kind: ListenerKind::Tcp,
-            })
+            .map(|&bind| ListenerConfig::tcp(bind))
             .collect();
+    }
+    if let Some(bind) = cli.tls_listen {
+        let mut tls = ListenerConfig::tcp(bind);
+        tls.kind = ListenerKind::Tls;
+        tls.cert_file = cli.tls_cert.clone();
+        tls.key_file = cli.tls_key.clone();
+        tls.client_ca_file = cli.tls_client_ca.clone();
+        tls.require_client_cert = cli.tls_client_ca.is_some();
+        config.listeners.push(tls);
     }
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
@@ -114,10 +132,13 @@ fn load_config(cli: &Cli) -> Result<Config, sluice::config::ConfigError> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Signals are watched before anything is announced, so a SIGTERM right after the
+    // ready line is an orderly shutdown, not the default kill.
+    let signals = Signals::new()?;
     let running = Broker::start(config).await.context("start-up failed")?;
     let mut ready = String::from("sluice ready");
-    for addr in &running.mqtt_addrs {
-        ready.push_str(&format!(" mqtt={addr}"));
+    for (scheme, addr) in &running.listener_addrs {
+        ready.push_str(&format!(" {scheme}={addr}"));
     }
     {
         let mut stdout = std::io::stdout().lock();
@@ -125,20 +146,40 @@ async fn run(config: Config) -> anyhow::Result<()> {
         stdout.flush().context("cannot write the ready line")?;
     }
     tracing::info!(addrs = ?running.mqtt_addrs, "sluice is ready");
-    wait_for_signal().await?;
+    signals.wait_for_shutdown(&running.broker).await;
     tracing::info!("shutting down");
     running.broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGINT/SIGTERM stop the broker; SIGHUP reloads certificates, passwords and ACLs.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
     }
-    Ok(())
+
+    async fn wait_for_shutdown(mut self, broker: &Broker) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading certificates, password and ACL files");
+                    broker.reload();
+                }
+            }
+        }
+    }
 }

@@ -58,3 +58,43 @@ pub enum AuthError {
     #[error("cannot generate a random salt: {0}")]
     Random(String),
 }
+
+/// The password and ACL files in force; replaced whole on SIGHUP.
+#[derive(Debug, Default)]
+pub struct AuthFiles {
+    pub passwords: Option<PasswordFile>,
+    pub acl: Option<AclFile>,
+}
+
+impl AuthFiles {
+    /// Loads whichever files are configured.
+    pub fn load(config: &crate::config::AuthConfig) -> Result<AuthFiles, AuthError> {
+        Ok(AuthFiles {
+            passwords: config
+                .password_file
+                .as_deref()
+                .map(PasswordFile::load)
+                .transpose()?,
+            acl: config.acl_file.as_deref().map(AclFile::load).transpose()?,
+        })
+    }
+
+    /// May this client read (receive) `topic`? Everything is allowed without an ACL file.
+    pub fn may_read(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check(client_id, username, topic, Access::Read))
+    }
+
+    pub fn may_write(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check(client_id, username, topic, Access::Write))
+    }
+
+    pub fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check_subscribe(client_id, username, filter))
+    }
+}

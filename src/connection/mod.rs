@@ -10,7 +10,9 @@
 //! client does not read), the kick of a takeover, and shutdown — all in one `select!`.
 
 use crate::broker::Broker;
+use crate::listener::Listener;
 use crate::message::{now_ms, Message};
+use crate::metrics as metric;
 use crate::protocol::{
     self, reason, ConnAck, ConnAckProperties, Connect, Disconnect, LastWill, Packet, ProtocolError,
     ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -31,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use writer::{run_acker, run_writer, PendingAck};
+use writer::{run_acker, run_writer, PendingAck, WriterCtx};
 
 mod lifecycle;
 mod writer;
@@ -107,8 +109,16 @@ fn assign_client_id() -> String {
     format!("sluice-{:x}-{n}", now_ms())
 }
 
+/// Where a connection came in, and who TLS says the client is.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub listener: Arc<Listener>,
+    /// CN (or first DNS name) of a verified client certificate.
+    pub tls_identity: Option<String>,
+}
+
 /// Serves one accepted connection until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>)
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>, info: ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -136,7 +146,7 @@ where
                 return;
             }
         };
-        let conn = match Connection::handshake(connect, &broker) {
+        let conn = match Connection::handshake(connect, &broker, &info) {
             Ok(c) => c,
             Err(refusal) => {
                 let (connack, version, why) = *refusal;
@@ -250,9 +260,60 @@ struct Connection {
     records: Vec<Record>,
     /// Sessions the handshake ended (clean start), whose messages become dead letters.
     discarded: Vec<lifecycle::Discarded>,
+    /// The authenticated username (or certificate identity), for ACL checks.
+    username: Option<String>,
 }
 
 type Refusal = Box<(ConnAck, ProtocolVersion, String)>;
+
+/// Checks who the client is: a certificate identity (when the listener uses it as the
+/// username), a username and password against the password file, or anonymous where
+/// the listener allows it. Returns the username ACLs will see. The password is never
+/// logged.
+fn authenticate(
+    connect: &Connect,
+    broker: &Broker,
+    info: &ConnInfo,
+) -> Result<Option<String>, Refusal> {
+    let v = connect.version;
+    let listener = &info.listener.config;
+    let fail = |code: u8, why: &str, reason: &'static str| {
+        metrics::counter!(metric::AUTH_FAILURES, "reason" => reason).increment(1);
+        refuse(v, code, why.to_string())
+    };
+    if listener.use_identity_as_username {
+        return match &info.tls_identity {
+            Some(identity) => Ok(Some(identity.clone())),
+            None => Err(fail(
+                reason::NOT_AUTHORIZED,
+                "use_identity_as_username: the client presented no certificate",
+                "no_identity",
+            )),
+        };
+    }
+    let Some(username) = &connect.username else {
+        if listener.anonymous_allowed() {
+            return Ok(None);
+        }
+        return Err(fail(
+            reason::NOT_AUTHORIZED,
+            "anonymous clients are not allowed on this listener",
+            "anonymous",
+        ));
+    };
+    let files = broker.auth_files();
+    if let Some(passwords) = &files.passwords {
+        let password = connect.password.as_deref().unwrap_or_default();
+        if !passwords.verify(username, password) {
+            return Err(fail(
+                reason::BAD_USER_NAME_OR_PASSWORD,
+                &format!("bad username or password for user {username:?}"),
+                "password",
+            ));
+        }
+    }
+    Ok(Some(username.clone()))
+}
 
 fn refuse(version: ProtocolVersion, code: u8, why: impl Into<String>) -> Refusal {
     Box::new((
@@ -269,7 +330,11 @@ fn refuse(version: ProtocolVersion, code: u8, why: impl Into<String>) -> Refusal
 impl Connection {
     /// Validates CONNECT, attaches (or creates, or takes over) the session, and prepares
     /// the CONNACK.
-    fn handshake(connect: Box<Connect>, broker: &Arc<Broker>) -> Result<Connection, Refusal> {
+    fn handshake(
+        connect: Box<Connect>,
+        broker: &Arc<Broker>,
+        info: &ConnInfo,
+    ) -> Result<Connection, Refusal> {
         let cfg = &broker.config;
         let limits = &cfg.limits;
         let v = connect.version;
@@ -305,6 +370,7 @@ impl Connection {
                 ),
             ));
         }
+        let username = authenticate(&connect, broker, info)?;
         if connect.properties.authentication_method.is_some() {
             return Err(refuse(
                 v,
@@ -413,6 +479,7 @@ impl Connection {
             client_id,
             records,
             discarded,
+            username,
         })
     }
 
@@ -453,12 +520,15 @@ impl Connection {
         let mut writer = tokio::spawn(
             run_writer(
                 wr,
-                Arc::clone(&self.session),
-                self.conn_id,
-                self.version,
+                WriterCtx {
+                    session: Arc::clone(&self.session),
+                    conn_id: self.conn_id,
+                    version: self.version,
+                    broker: Arc::clone(&broker),
+                    username: self.username.clone(),
+                },
                 ctrl_rx,
                 writer_done.clone(),
-                Arc::clone(&broker),
             )
             .in_current_span(),
         );
@@ -505,24 +575,6 @@ impl Connection {
         if !store_failed.is_cancelled() {
             let _ = tokio::time::timeout(WRITER_DRAIN, acker).await;
         }
-        let disconnect = match exit.disconnect_code() {
-            Some(code) if self.version.is_v5() && !refused => Some(Disconnect {
-                reason: code,
-                ..Disconnect::default()
-            }),
-            _ => None,
-        };
-        let closed = tokio::time::timeout(WRITER_DRAIN, async {
-            let _ = ctrl_tx.send(Control::Close(disconnect)).await;
-            drop(ctrl_tx);
-            let _ = (&mut writer).await;
-        })
-        .await;
-        if closed.is_err() {
-            debug!("writer did not finish in time; aborting it");
-            writer.abort();
-        }
-
         let expiry = self.session.expiry_secs();
         if self.session.is_owned_by(self.conn_id) && self.session.is_persisted() {
             // Attempt counts survive the reconnect (and a restart), so a message that
@@ -547,6 +599,26 @@ impl Connection {
         }
         if let Some(generation) = generation {
             end_or_schedule_expiry(&broker, &self.session, generation, expiry).await;
+        }
+        // The socket closes only after the session is detached (and, with expiry 0,
+        // gone): a client that reconnects the moment it sees the close must not find
+        // the old session still there [MQTT-3.1.2-23].
+        let disconnect = match exit.disconnect_code() {
+            Some(code) if self.version.is_v5() && !refused => Some(Disconnect {
+                reason: code,
+                ..Disconnect::default()
+            }),
+            _ => None,
+        };
+        let closed = tokio::time::timeout(WRITER_DRAIN, async {
+            let _ = ctrl_tx.send(Control::Close(disconnect)).await;
+            drop(ctrl_tx);
+            let _ = (&mut writer).await;
+        })
+        .await;
+        if closed.is_err() {
+            debug!("writer did not finish in time; aborting it");
+            writer.abort();
         }
         metrics::gauge!("sluice_connections").decrement(1.0);
     }
@@ -779,6 +851,16 @@ impl Connection {
             // `$` topics are the broker's ($SYS, $DLQ): clients may read, not write.
             warn!(topic = %p.topic, "PUBLISH to a reserved '$' topic refused");
             code = reason::NOT_AUTHORIZED;
+        } else if !broker.auth_files().may_write(
+            &self.client_id,
+            self.username.as_deref(),
+            &p.topic,
+        ) {
+            // v5 learns why from the ack; 3.x gets a normal ack and the message is
+            // dropped, as mosquitto does.
+            metrics::counter!(metric::ACL_DENIED, "access" => "write").increment(1);
+            warn!(topic = %p.topic, "PUBLISH denied by the ACL");
+            code = reason::NOT_AUTHORIZED;
         } else {
             let now = now_ms();
             let message = Arc::new(Message {
@@ -879,6 +961,16 @@ impl Connection {
                 options: f.options,
                 identifier: s.subscription_identifier,
             };
+            if !broker.auth_files().may_subscribe(
+                &self.client_id,
+                self.username.as_deref(),
+                &f.filter,
+            ) {
+                metrics::counter!(metric::ACL_DENIED, "access" => "subscribe").increment(1);
+                warn!(filter = %f.filter, "SUBSCRIBE denied by the ACL");
+                reasons.push(reason::NOT_AUTHORIZED);
+                continue;
+            }
             let existing = self
                 .session
                 .subscriptions()

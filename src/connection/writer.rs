@@ -11,6 +11,7 @@ use super::{qos_label, Control, READ_BUFFER};
 use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
+use crate::metrics as metric;
 use crate::protocol::{self, reason, Disconnect, Packet, ProtocolVersion, PubResponse, Publish};
 use crate::session::{Delivery, Outgoing, Session};
 use crate::store::{CommitTicket, StoreError};
@@ -24,19 +25,33 @@ use tracing::{debug, warn};
 /// Most packets the writer encodes before one `write`.
 const WRITE_BATCH: usize = 256;
 
+/// Who the writer writes for.
+pub(super) struct WriterCtx {
+    pub session: Arc<Session>,
+    pub conn_id: u64,
+    pub version: ProtocolVersion,
+    pub broker: Arc<Broker>,
+    /// For the ACL check at delivery.
+    pub username: Option<String>,
+}
+
 /// The writer task: sends control packets in order, then the session's deliveries.
 pub(super) async fn run_writer<W>(
     mut wr: WriteHalf<W>,
-    session: Arc<Session>,
-    conn_id: u64,
-    version: ProtocolVersion,
+    ctx: WriterCtx,
     mut ctrl: mpsc::Receiver<Control>,
     done: CancellationToken,
-    broker: Arc<Broker>,
 ) where
     W: AsyncWrite + Send + 'static,
     WriteHalf<W>: Unpin,
 {
+    let WriterCtx {
+        session,
+        conn_id,
+        version,
+        broker,
+        username,
+    } = ctx;
     let mut out = BytesMut::with_capacity(READ_BUFFER);
     let mut outgoing = Vec::new();
     let mut dropped = Vec::new();
@@ -71,9 +86,15 @@ pub(super) async fn run_writer<W>(
         }
         let mut full_batch = false;
         if closing.is_none() {
-            session.take_deliveries(conn_id, WRITE_BATCH, &mut outgoing, &mut dropped, |d| {
-                protocol::publish_len(&outbound_publish(d, 1, false, version), version)
-            });
+            let auth = broker.auth_files();
+            session.take_deliveries(
+                conn_id,
+                WRITE_BATCH,
+                &mut outgoing,
+                &mut dropped,
+                |d| protocol::publish_len(&outbound_publish(d, 1, false, version), version),
+                |d| auth.may_read(&session.client_id, username.as_deref(), &d.message.topic),
+            );
             full_batch = outgoing.len() >= WRITE_BATCH;
             for o in outgoing.drain(..) {
                 let packet = match o {
@@ -93,7 +114,18 @@ pub(super) async fn run_writer<W>(
                 protocol::encode(&packet, version, &mut out);
             }
             for (d, why) in dropped.drain(..) {
-                broker.undeliverable(&session, d, why).await;
+                match why {
+                    Some(reason) => {
+                        broker.undeliverable(&session, d, reason).await;
+                    }
+                    None => {
+                        metrics::counter!(metric::ACL_DENIED, "access" => "read").increment(1);
+                        debug!(topic = %d.message.topic, "delivery denied by the ACL");
+                        if d.durable {
+                            broker.ack_durable(&session, &d).await;
+                        }
+                    }
+                }
             }
         }
         if !out.is_empty() {

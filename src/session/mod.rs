@@ -388,8 +388,9 @@ impl Session {
         conn_id: u64,
         max: usize,
         out: &mut Vec<Outgoing>,
-        dropped: &mut Vec<(Delivery, DeadLetterReason)>,
+        dropped: &mut Vec<(Delivery, Option<DeadLetterReason>)>,
         encoded_len: impl Fn(&Delivery) -> usize,
+        may_read: impl Fn(&Delivery) -> bool,
     ) {
         let mut st = self.state.lock();
         if st.owner.as_ref().map(|o| o.conn_id) != Some(conn_id) {
@@ -407,7 +408,7 @@ impl Session {
                 let entry = &st.inflight[i];
                 if entry.stage == Stage::Published && exhausted(&entry.delivery) {
                     if let Some(e) = st.inflight.remove(i) {
-                        dropped.push((e.delivery, DeadLetterReason::MaxAttempts));
+                        dropped.push((e.delivery, Some(DeadLetterReason::MaxAttempts)));
                     }
                     continue;
                 }
@@ -441,16 +442,22 @@ impl Session {
             };
             st.queued_bytes -= delivery.message.cost();
             if delivery.message.is_expired(now) {
-                dropped.push((delivery, DeadLetterReason::Expired));
+                dropped.push((delivery, Some(DeadLetterReason::Expired)));
                 continue;
             }
             if delivery.qos != QoS::AtMostOnce && exhausted(&delivery) {
-                dropped.push((delivery, DeadLetterReason::MaxAttempts));
+                dropped.push((delivery, Some(DeadLetterReason::MaxAttempts)));
+                continue;
+            }
+            // The ACL may have changed since the message was queued: it is checked
+            // again at delivery. A denied message is not this subscriber's to have.
+            if !may_read(&delivery) {
+                dropped.push((delivery, None));
                 continue;
             }
             if let Some(limit) = max_packet {
                 if encoded_len(&delivery) > limit as usize {
-                    dropped.push((delivery, DeadLetterReason::TooLarge));
+                    dropped.push((delivery, Some(DeadLetterReason::TooLarge)));
                     continue;
                 }
             }
@@ -668,7 +675,7 @@ mod tests {
     fn take(s: &Session, conn: u64) -> Vec<Outgoing> {
         let mut out = Vec::new();
         let mut dropped = Vec::new();
-        s.take_deliveries(conn, 1000, &mut out, &mut dropped, |_| 10);
+        s.take_deliveries(conn, 1000, &mut out, &mut dropped, |_| 10, |_| true);
         out
     }
 
@@ -746,7 +753,7 @@ mod tests {
             s.attach(conn, tx, link(10), EXPIRY_NEVER);
             let mut out = Vec::new();
             let mut dropped = Vec::new();
-            s.take_deliveries(conn, 10, &mut out, &mut dropped, |_| 10);
+            s.take_deliveries(conn, 10, &mut out, &mut dropped, |_| 10, |_| true);
             assert_eq!(ids(&out).len(), 1, "attempt {conn} is sent");
             assert!(dropped.is_empty());
             s.detach(conn, None);
@@ -755,10 +762,10 @@ mod tests {
         s.attach(4, tx, link(10), EXPIRY_NEVER);
         let mut out = Vec::new();
         let mut dropped = Vec::new();
-        s.take_deliveries(4, 10, &mut out, &mut dropped, |_| 10);
+        s.take_deliveries(4, 10, &mut out, &mut dropped, |_| 10, |_| true);
         assert!(out.is_empty());
         assert_eq!(dropped.len(), 1);
-        assert_eq!(dropped[0].1, DeadLetterReason::MaxAttempts);
+        assert_eq!(dropped[0].1, Some(DeadLetterReason::MaxAttempts));
         assert_eq!(dropped[0].0.attempts, 3);
     }
 
@@ -800,12 +807,15 @@ mod tests {
         s.enqueue(delivery(2, QoS::AtLeastOnce));
         let mut out = Vec::new();
         let mut dropped = Vec::new();
-        s.take_deliveries(1, 10, &mut out, &mut dropped, |_| 10);
+        s.take_deliveries(1, 10, &mut out, &mut dropped, |_| 10, |_| true);
         assert!(out.is_empty());
         let reasons: Vec<_> = dropped.iter().map(|(_, r)| *r).collect();
         assert_eq!(
             reasons,
-            vec![DeadLetterReason::Expired, DeadLetterReason::TooLarge]
+            vec![
+                Some(DeadLetterReason::Expired),
+                Some(DeadLetterReason::TooLarge)
+            ]
         );
     }
 

@@ -1,0 +1,134 @@
+//! Accepting sockets. Owns the listening sockets and each TLS listener's acceptor; hands
+//! every accepted stream to its own connection task at once, so nothing slow (a TLS
+//! handshake, a CONNECT) ever runs in the accept loop. The connection limit is enforced
+//! here, before any per-connection state exists.
+
+pub mod tls;
+
+use crate::broker::Broker;
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::connection::{self, ConnInfo};
+use crate::metrics as metric;
+use parking_lot::RwLock;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// A listener as the connection tasks see it.
+pub struct Listener {
+    pub config: ListenerConfig,
+    /// Replaced on SIGHUP (new certificates); each handshake takes the current one.
+    pub tls: Option<RwLock<TlsAcceptor>>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Listener {
+    pub fn new(config: ListenerConfig) -> Result<Listener, tls::TlsError> {
+        let tls = match config.kind {
+            ListenerKind::Tcp => None,
+            ListenerKind::Tls => Some(RwLock::new(TlsAcceptor::from(tls::server_config(&config)?))),
+        };
+        Ok(Listener { config, tls })
+    }
+
+    /// Re-reads the certificates; on failure the listener keeps its current ones.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        if let Some(acceptor) = &self.tls {
+            let fresh = TlsAcceptor::from(tls::server_config(&self.config)?);
+            *acceptor.write() = fresh;
+        }
+        Ok(())
+    }
+}
+
+pub async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, broker: Arc<Broker>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&broker.connection_permits).try_acquire_owned() else {
+            metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "limit").increment(1);
+            tracing::warn!(%peer, "connection refused: max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let b = Arc::clone(&broker);
+        let l = Arc::clone(&listener);
+        broker.tasks.spawn(async move {
+            match &l.tls {
+                None => {
+                    let info = ConnInfo {
+                        listener: Arc::clone(&l),
+                        tls_identity: None,
+                    };
+                    connection::serve(stream, peer, b, info).await
+                }
+                Some(_) => serve_tls(stream, peer, l, b).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Runs the TLS handshake in the connection's own task, under the listener's timeout.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+) {
+    let Some(acceptor) = listener.tls.as_ref().map(|a| a.read().clone()) else {
+        return;
+    };
+    let timeout = Duration::from_secs(listener.config.handshake_timeout_secs);
+    let handshake = tokio::select! {
+        _ = broker.shutdown.cancelled() => return,
+        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+    };
+    let tls_stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics::counter!(metric::TLS_HANDSHAKE_FAILURES, "reason" => "refused").increment(1);
+            tracing::warn!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(metric::TLS_HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
+            tracing::warn!(%peer, timeout_secs = timeout.as_secs(), "TLS handshake timed out");
+            return;
+        }
+    };
+    metrics::counter!(metric::TLS_HANDSHAKES).increment(1);
+    let identity = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(tls::certificate_identity);
+    let info = ConnInfo {
+        listener: Arc::clone(&listener),
+        tls_identity: identity,
+    };
+    connection::serve(tls_stream, peer, broker, info).await
+}
