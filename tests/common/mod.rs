@@ -1,0 +1,354 @@
+//! Shared harness for the integration tests: a broker process on port 0, raw MQTT
+//! packets, rumqttc v4/v5 clients and the mosquitto command-line clients.
+//!
+//! Every wait is bounded: a broken broker fails a test instead of hanging it.
+// Each test file uses a different part of the harness.
+#![allow(dead_code)]
+
+pub mod packet;
+pub mod raw;
+pub mod rumq;
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long the broker may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The default bound on any single wait for an event from the broker.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `sluice` process with its own data directory, killed on drop.
+pub struct Broker {
+    child: Option<Child>,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker with the default configuration.
+    pub fn start() -> Broker {
+        Broker::spawn(None, &[])
+    }
+
+    /// Starts a broker with `toml` as its config file (listeners are still overridden
+    /// to 127.0.0.1:0).
+    pub fn start_with_config(toml: &str) -> Broker {
+        Broker::spawn(Some(toml), &[])
+    }
+
+    /// Starts a broker; `toml` becomes `--config`, `extra` are more arguments.
+    pub fn spawn(toml: Option<&str>, extra: &[&str]) -> Broker {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let stderr_path = dir.path().join("sluice.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0");
+        if let Some(toml) = toml {
+            let path = dir.path().join("sluice.toml");
+            std::fs::write(&path, toml).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        let mut child = cmd.spawn().expect("spawn sluice");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut broker = Broker {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            stderr_path,
+        };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => match parse_ready_line(&line) {
+                Some(addr) => broker.addr = addr,
+                None => panic!(
+                    "unexpected first stdout line {line:?}\n--- sluice stderr ---\n{}",
+                    broker.stderr_tail()
+                ),
+            },
+            Err(e) => {
+                let status = broker
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                panic!(
+                    "sluice printed no ready line within {READY_TIMEOUT:?} ({e}); exit status {status:?}\n\
+                     --- sluice stderr ---\n{}",
+                    broker.stderr_tail()
+                );
+            }
+        }
+        broker
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT") to the broker.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `timeout` for the broker to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits (at most 15 s) for the exit status; panics if it does not exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        match self.wait_exit(Duration::from_secs(15)) {
+            Some(status) => status,
+            None => panic!(
+                "sluice did not exit within 15 s of SIGTERM\n--- sluice stderr ---\n{}",
+                self.stderr_tail()
+            ),
+        }
+    }
+
+    /// The last 8 KiB of the broker's stderr.
+    pub fn stderr_tail(&self) -> String {
+        read_tail(&self.stderr_path, 8192)
+    }
+
+    /// Everything the broker logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- sluice stderr (tail, {}) ---\n{}\n--- end of sluice stderr ---",
+                self.addr,
+                self.stderr_tail()
+            );
+        }
+        self.kill();
+    }
+}
+
+fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `sluice ready mqtt=127.0.0.1:PORT [key=addr ...]` → the first mqtt address.
+pub fn parse_ready_line(line: &str) -> Option<SocketAddr> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "sluice" || words.next()? != "ready" {
+        return None;
+    }
+    words
+        .filter_map(|w| w.strip_prefix("mqtt="))
+        .find_map(|a| a.parse().ok())
+}
+
+/// Runs `fut` under `dur`, panicking with `what` when it takes longer.
+pub async fn within<T>(dur: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(dur, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {dur:?} waiting for {what}"),
+    }
+}
+
+// ---------------------------------------------------------------- mosquitto clients
+
+/// `-V` values of the mosquitto clients.
+pub const MQTT_VERSIONS: [&str; 3] = ["mqttv31", "mqttv311", "mqttv5"];
+
+/// Runs `mosquitto_pub` once (bounded to 15 s); panics if it fails.
+pub async fn mosquitto_pub(port: u16, version: &str, args: &[&str]) {
+    let mut cmd = tokio::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = within(Duration::from_secs(15), "mosquitto_pub", cmd.output())
+        .await
+        .expect("run mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub -V {version} {args:?} failed: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One message as printed by [`MosquittoSub`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubMessage {
+    pub qos: u8,
+    pub retain: bool,
+    pub topic: String,
+    pub payload: String,
+}
+
+/// A running `mosquitto_sub`, started by [`MosquittoSub::start`] once its SUBACK arrived.
+pub struct MosquittoSub {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    debug: Vec<String>,
+}
+
+impl MosquittoSub {
+    /// Starts `mosquitto_sub -d -F ... -C count -W wait_secs` plus `args` (topics, -q, ...)
+    /// and returns once it has received its SUBACK.
+    pub async fn start(
+        port: u16,
+        version: &str,
+        count: usize,
+        wait_secs: u32,
+        args: &[&str],
+    ) -> MosquittoSub {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new("mosquitto_sub");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            version,
+            "-d",
+        ])
+        .args(["-F", "MSG %q %r %t %p"])
+        .args(["-C", &count.to_string(), "-W", &wait_secs.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn mosquitto_sub");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut sub = MosquittoSub {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            debug: Vec::new(),
+        };
+        let lines = &mut sub.lines;
+        let debug = &mut sub.debug;
+        within(WAIT, "mosquitto_sub's SUBACK", async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        let suback = line.contains("received SUBACK");
+                        debug.push(line);
+                        if suback {
+                            return;
+                        }
+                    }
+                    other => panic!("mosquitto_sub ended before SUBACK: {other:?}: {debug:?}"),
+                }
+            }
+        })
+        .await;
+        sub
+    }
+
+    /// Reads messages until mosquitto_sub exits (after `-C` messages or `-W` seconds).
+    pub async fn collect(mut self) -> Vec<SubMessage> {
+        let mut out = Vec::new();
+        let lines = &mut self.lines;
+        let debug = &mut self.debug;
+        within(Duration::from_secs(60), "mosquitto_sub to exit", async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("MSG ") {
+                    let mut parts = rest.splitn(4, ' ');
+                    let qos = parts.next().unwrap_or("9").parse().unwrap_or(9);
+                    let retain = parts.next() == Some("1");
+                    let topic = parts.next().unwrap_or("").to_owned();
+                    let payload = parts.next().unwrap_or("").to_owned();
+                    out.push(SubMessage {
+                        qos,
+                        retain,
+                        topic,
+                        payload,
+                    });
+                } else {
+                    debug.push(line);
+                }
+            }
+        })
+        .await;
+        let _ = within(WAIT, "mosquitto_sub exit status", self.child.wait()).await;
+        out
+    }
+}
