@@ -119,7 +119,10 @@ impl Broker {
         self.shutdown.cancel();
         self.tasks.close();
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 grace_secs = grace.as_secs(),
                 remaining = self.tasks.len(),

@@ -80,7 +80,7 @@ pub struct Limits {
     pub max_keepalive_secs: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     pub persistent_session_expiry_secs: u32,
@@ -142,15 +142,6 @@ impl Default for Limits {
             max_subscriptions_per_client: 1000,
             topic_alias_maximum: 64,
             max_keepalive_secs: 0,
-        }
-    }
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            persistent_session_expiry_secs: 0,
-            queue_qos0_offline: false,
         }
     }
 }
@@ -276,7 +267,10 @@ mod tests {
         let cases = [
             ("[limits]\nmax_packet_size = 10\n", "limits.max_packet_size"),
             ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
-            ("[limits]\nmax_client_id_len = 5\n", "limits.max_client_id_len"),
+            (
+                "[limits]\nmax_client_id_len = 5\n",
+                "limits.max_client_id_len",
+            ),
             ("listener = []\n", "listener"),
         ];
         for (text, key) in cases {

@@ -12,14 +12,13 @@
 use crate::broker::Broker;
 use crate::message::{now_ms, Message};
 use crate::protocol::{
-    self, reason, ConnAck, ConnAckProperties, Connect, Disconnect, LastWill, Packet,
-    ProtocolError, ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck,
-    Unsubscribe,
+    self, reason, ConnAck, ConnAckProperties, Connect, Disconnect, LastWill, Packet, ProtocolError,
+    ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::router::topic;
 use crate::session::{
-    next_connection_id, Delivery, LinkLimits, Outgoing, QueueLimits, Session,
-    SubscriptionRecord, EXPIRY_NEVER,
+    next_connection_id, Delivery, LinkLimits, Outgoing, QueueLimits, Session, SubscriptionRecord,
+    EXPIRY_NEVER,
 };
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -55,13 +54,18 @@ enum Control {
 #[derive(Debug)]
 enum Exit {
     /// The client sent DISCONNECT; `will` is true for v5 reason 0x04.
-    Disconnect { will: bool },
+    Disconnect {
+        will: bool,
+    },
     /// The socket closed or failed without a DISCONNECT.
     Lost(String),
     KeepAlive,
     Protocol(ProtocolError),
     /// The broker refuses something; v5 clients get DISCONNECT with `code`.
-    Refused { code: u8, why: String },
+    Refused {
+        code: u8,
+        why: String,
+    },
     TakenOver,
     Shutdown,
     WriterGone,
@@ -107,10 +111,14 @@ where
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         let connect = match read_connect(&mut rd, &mut buf, &broker).await {
             Ok(c) => c,
-            Err(ConnectFailure::Answer { connack, version, why }) => {
+            Err(ConnectFailure::Answer {
+                connack,
+                version,
+                why,
+            }) => {
                 info!(reason = %why, "CONNECT refused");
                 let mut out = BytesMut::new();
-                protocol::encode(&Packet::ConnAck(connack), version, &mut out);
+                protocol::encode(&Packet::ConnAck(*connack), version, &mut out);
                 let _ = wr.write_all(&out).await;
                 let _ = wr.shutdown().await;
                 return;
@@ -122,7 +130,8 @@ where
         };
         let conn = match Connection::handshake(connect, &broker) {
             Ok(c) => c,
-            Err((connack, version, why)) => {
+            Err(refusal) => {
+                let (connack, version, why) = *refusal;
                 info!(reason = %why, "CONNECT refused");
                 metrics::counter!("sluice_connections_refused_total", "reason" => "connect")
                     .increment(1);
@@ -143,7 +152,7 @@ where
 enum ConnectFailure {
     /// Answer with this CONNACK, then close.
     Answer {
-        connack: ConnAck,
+        connack: Box<ConnAck>,
         version: ProtocolVersion,
         why: String,
     },
@@ -174,11 +183,11 @@ async fn read_connect<R: AsyncRead + Unpin>(
                 // A 3.1.1-format CONNACK with return code 1 is what every client
                 // version understands [MQTT-3.1.2-2].
                 return Err(ConnectFailure::Answer {
-                    connack: ConnAck {
+                    connack: Box::new(ConnAck {
                         session_present: false,
                         code: reason::UNSUPPORTED_PROTOCOL_VERSION,
                         properties: ConnAckProperties::default(),
-                    },
+                    }),
                     version: ProtocolVersion::V3_1_1,
                     why: e.to_string(),
                 });
@@ -221,10 +230,10 @@ struct Connection {
     client_id: Arc<str>,
 }
 
-type Refusal = (ConnAck, ProtocolVersion, String);
+type Refusal = Box<(ConnAck, ProtocolVersion, String)>;
 
 fn refuse(version: ProtocolVersion, code: u8, why: impl Into<String>) -> Refusal {
-    (
+    Box::new((
         ConnAck {
             session_present: false,
             code,
@@ -232,7 +241,7 @@ fn refuse(version: ProtocolVersion, code: u8, why: impl Into<String>) -> Refusal
         },
         version,
         why.into(),
-    )
+    ))
 }
 
 impl Connection {
@@ -283,7 +292,11 @@ impl Connection {
         }
         if let Some(will) = &connect.will {
             if let Err(e) = topic::validate_topic_name(&will.topic, limits.max_topic_levels) {
-                return Err(refuse(v, reason::TOPIC_NAME_INVALID, format!("will topic: {e}")));
+                return Err(refuse(
+                    v,
+                    reason::TOPIC_NAME_INVALID,
+                    format!("will topic: {e}"),
+                ));
             }
             if will.topic.starts_with('$') {
                 return Err(refuse(
@@ -330,8 +343,15 @@ impl Connection {
         let conn_id = next_connection_id();
         let (kick_tx, kick_rx) = oneshot::channel();
         let client_id: Arc<str> = Arc::from(client_id);
-        let (session, present) =
-            attach_session(broker, &client_id, connect.clean_start, expiry_secs, conn_id, kick_tx, link);
+        let (session, present) = attach_session(
+            broker,
+            &client_id,
+            connect.clean_start,
+            expiry_secs,
+            conn_id,
+            kick_tx,
+            link,
+        );
 
         if v.is_v5() {
             props.receive_maximum = Some(limits.receive_maximum);
@@ -397,9 +417,11 @@ impl Connection {
             .in_current_span(),
         );
 
-        let exit = self.read_loop(&mut rd, &mut buf, &broker, &ctrl_tx, &writer_done).await;
+        let exit = self
+            .read_loop(&mut rd, &mut buf, &broker, &ctrl_tx, &writer_done)
+            .await;
         match &exit {
-            Exit::Disconnect { .. } => debug!("client disconnected"),
+            Exit::Disconnect { .. } => info!("client disconnected"),
             Exit::Lost(why) => info!(reason = %why, "connection lost"),
             Exit::KeepAlive => info!("keepalive expired [MQTT-3.1.2-24]"),
             Exit::Protocol(e) => warn!(error = %e, "protocol error; closing"),
@@ -553,8 +575,7 @@ impl Connection {
             Packet::Auth(_) => {
                 return Some(Exit::Refused {
                     code: reason::PROTOCOL_ERROR,
-                    why: "[MQTT-4.12.0-1] AUTH without an authentication method in CONNECT"
-                        .into(),
+                    why: "[MQTT-4.12.0-1] AUTH without an authentication method in CONNECT".into(),
                 })
             }
             other => {
@@ -574,8 +595,7 @@ impl Connection {
         ctrl: &mpsc::Sender<Control>,
     ) -> Option<Exit> {
         let limits = &broker.config.limits;
-        metrics::counter!("sluice_messages_received_total", "qos" => qos_label(p.qos))
-            .increment(1);
+        metrics::counter!("sluice_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
         metrics::counter!("sluice_bytes_received_total").increment(p.payload.len() as u64);
         if let Some(alias) = p.topic_alias.take() {
             if alias == 0 || alias > limits.topic_alias_maximum {
@@ -611,7 +631,11 @@ impl Connection {
             if !self.session.begin_inbound_qos2(p.packet_id) {
                 // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
                 let rec = Packet::PubRec(PubResponse::success(p.packet_id));
-                return ctrl.send(Control::Packet(rec)).await.err().map(|_| Exit::WriterGone);
+                return ctrl
+                    .send(Control::Packet(rec))
+                    .await
+                    .err()
+                    .map(|_| Exit::WriterGone);
             }
             if self.session.inbound_qos2_count() > usize::from(limits.receive_maximum) {
                 return Some(Exit::Refused {
@@ -664,7 +688,10 @@ impl Connection {
                 Packet::PubRec(response)
             }
         };
-        ctrl.send(Control::Packet(packet)).await.err().map(|_| Exit::WriterGone)
+        ctrl.send(Control::Packet(packet))
+            .await
+            .err()
+            .map(|_| Exit::WriterGone)
     }
 
     async fn on_subscribe(
@@ -688,14 +715,23 @@ impl Connection {
                 options: f.options,
                 identifier: s.subscription_identifier,
             };
-            let existing = self.session.subscriptions().iter().any(|(x, _)| *x == f.filter);
+            let existing = self
+                .session
+                .subscriptions()
+                .iter()
+                .any(|(x, _)| *x == f.filter);
             if !existing && self.session.subscription_count() >= limits.max_subscriptions_per_client
             {
                 warn!(filter = %f.filter, "subscription refused: max_subscriptions_per_client");
                 reasons.push(reason::QUOTA_EXCEEDED);
                 continue;
             }
-            match broker.router.subscribe(&self.session, &f.filter, f.options, s.subscription_identifier) {
+            match broker.router.subscribe(
+                &self.session,
+                &f.filter,
+                f.options,
+                s.subscription_identifier,
+            ) {
                 Ok(_) => {}
                 Err(e) => {
                     info!(filter = %f.filter, error = %e, "subscription refused");
@@ -760,7 +796,10 @@ impl Connection {
             reason_string: None,
             user_properties: Vec::new(),
         });
-        ctrl.send(Control::Packet(ack)).await.err().map(|_| Exit::WriterGone)
+        ctrl.send(Control::Packet(ack))
+            .await
+            .err()
+            .map(|_| Exit::WriterGone)
     }
 }
 
@@ -833,7 +872,12 @@ fn discard_session(broker: &Broker, session: &Arc<Session>) {
 
 /// After the owner left: a session with expiry 0 ends now; otherwise it ends after its
 /// expiry interval unless a connection resumes it first.
-fn end_or_schedule_expiry(broker: &Arc<Broker>, session: &Arc<Session>, generation: u64, expiry: u32) {
+fn end_or_schedule_expiry(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    generation: u64,
+    expiry: u32,
+) {
     if expiry == 0 {
         if broker.sessions.remove_if_same(session) {
             discard_session(broker, session);

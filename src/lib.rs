@@ -15,3 +15,5 @@ pub mod message;
 pub mod protocol;
 pub mod router;
 pub mod session;
+pub mod store;
+pub mod wire;

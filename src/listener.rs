@@ -24,8 +24,7 @@ pub async fn accept_loop(socket: TcpListener, broker: Arc<Broker>) {
             }
         };
         let Ok(permit) = Arc::clone(&broker.connection_permits).try_acquire_owned() else {
-            metrics::counter!("sluice_connections_refused_total", "reason" => "limit")
-                .increment(1);
+            metrics::counter!("sluice_connections_refused_total", "reason" => "limit").increment(1);
             tracing::warn!(%peer, "connection refused: max_connections reached");
             drop(stream);
             continue;

@@ -43,7 +43,9 @@ impl Message {
     pub fn remaining_expiry_secs(&self, now_ms: u64) -> Option<u32> {
         self.expires_at_ms.map(|at| {
             let left_ms = at.saturating_sub(now_ms);
-            u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1)
+            u32::try_from(left_ms.div_ceil(1000))
+                .unwrap_or(u32::MAX)
+                .max(1)
         })
     }
 }
@@ -53,4 +55,99 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+const PROPS_VERSION: u8 = 1;
+
+/// Encodes the v5 properties of a message for the store (the expiry travels separately,
+/// as an absolute time).
+pub fn encode_properties(p: &MessageProperties) -> Bytes {
+    use crate::wire::{put_bytes, put_str};
+    use bytes::BufMut;
+    if p.is_empty() {
+        return Bytes::new();
+    }
+    let mut out = bytes::BytesMut::new();
+    out.put_u8(PROPS_VERSION);
+    let flags = u8::from(p.payload_format_indicator.is_some())
+        | u8::from(p.content_type.is_some()) << 1
+        | u8::from(p.response_topic.is_some()) << 2
+        | u8::from(p.correlation_data.is_some()) << 3;
+    out.put_u8(flags);
+    if let Some(v) = p.payload_format_indicator {
+        out.put_u8(v);
+    }
+    if let Some(v) = &p.content_type {
+        put_str(&mut out, v);
+    }
+    if let Some(v) = &p.response_topic {
+        put_str(&mut out, v);
+    }
+    if let Some(v) = &p.correlation_data {
+        put_bytes(&mut out, v);
+    }
+    out.put_u32(p.user_properties.len() as u32);
+    for (k, v) in &p.user_properties {
+        put_str(&mut out, k);
+        put_str(&mut out, v);
+    }
+    out.freeze()
+}
+
+pub fn decode_properties(blob: Bytes) -> Result<MessageProperties, crate::wire::BlobError> {
+    use crate::wire::{BlobError, Reader};
+    let mut p = MessageProperties::default();
+    if blob.is_empty() {
+        return Ok(p);
+    }
+    let mut r = Reader(blob);
+    if r.u8()? != PROPS_VERSION {
+        return Err(BlobError("unknown properties version"));
+    }
+    let flags = r.u8()?;
+    if flags & 1 != 0 {
+        p.payload_format_indicator = Some(r.u8()?);
+    }
+    if flags & 2 != 0 {
+        p.content_type = Some(r.string()?);
+    }
+    if flags & 4 != 0 {
+        p.response_topic = Some(r.string()?);
+    }
+    if flags & 8 != 0 {
+        p.correlation_data = Some(r.bytes()?);
+    }
+    let n = r.u32()?;
+    for _ in 0..n.min(65_536) {
+        let k = r.string()?;
+        let v = r.string()?;
+        p.user_properties.push((k, v));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_round_trip() {
+        let p = MessageProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: None,
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/to".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        };
+        let back = decode_properties(encode_properties(&p)).expect("decodes");
+        assert_eq!(back, p);
+        assert_eq!(
+            decode_properties(encode_properties(&MessageProperties::default())).expect("empty"),
+            MessageProperties::default()
+        );
+        let mut truncated = encode_properties(&p);
+        truncated.truncate(5);
+        assert!(decode_properties(truncated).is_err());
+    }
 }

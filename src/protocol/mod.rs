@@ -1,4 +1,5 @@
-//! MQTT on the wire: the only module that imports `mqttbytes`.
+//! MQTT on the wire: the only module that imports `mqttbytes` (which the codec's tests
+//! use as an independent implementation to cross-check against; see `codec`).
 //!
 //! Owns framing (the size limit is checked from the fixed header, before the body is
 //! buffered), decoding of MQTT 3.1, 3.1.1 and 5.0 packets into the broker's own
@@ -10,5 +11,5 @@ mod codec;
 pub mod packet;
 pub mod reason;
 
-pub use codec::{decode, encode, publish_len, ProtocolError};
+pub use codec::{decode, decode_any, encode, peek_connect_version, publish_len, ProtocolError};
 pub use packet::*;

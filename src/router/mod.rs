@@ -237,8 +237,6 @@ impl Router {
 
     /// Restores a retained message at start-up.
     pub fn restore_retained(&self, message: Arc<Message>) {
-        self.retained
-            .write()
-            .insert(message.topic.clone(), message);
+        self.retained.write().insert(message.topic.clone(), message);
     }
 }

@@ -10,6 +10,8 @@
 //! critical section is short and none spans an `.await`. Lock order is session → router:
 //! the router never takes a session lock while holding its own.
 
+pub mod persist;
+
 use crate::message::{now_ms, Message};
 use crate::protocol::{QoS, SubscriptionOptions};
 use dashmap::DashMap;
@@ -450,9 +452,10 @@ impl Session {
         qos: QoS,
     ) -> Option<Delivery> {
         let mut st = self.state.lock();
-        let pos = st.inflight.iter().position(|e| {
-            e.packet_id == packet_id && e.delivery.qos == qos && stage_ok(e.stage)
-        })?;
+        let pos = st
+            .inflight
+            .iter()
+            .position(|e| e.packet_id == packet_id && e.delivery.qos == qos && stage_ok(e.stage))?;
         let entry = st.inflight.remove(pos)?;
         drop(st);
         // A window slot opened.
@@ -547,7 +550,10 @@ impl SessionRegistry {
     }
 
     pub fn all(&self) -> Vec<Arc<Session>> {
-        self.sessions.iter().map(|e| Arc::clone(e.value())).collect()
+        self.sessions
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect()
     }
 }
 
@@ -631,7 +637,10 @@ mod tests {
         assert_eq!(ids(&take(&s, 1)), vec![(0, 1, false), (1, 2, false)]);
         assert!(take(&s, 1).is_empty());
         assert!(s.puback(1).is_some());
-        assert!(s.puback(1).is_none(), "second ack of the same id is unknown");
+        assert!(
+            s.puback(1).is_none(),
+            "second ack of the same id is unknown"
+        );
         assert_eq!(ids(&take(&s, 1)), vec![(2, 3, false)]);
     }
 

@@ -1,0 +1,339 @@
+//! Encoding of the broker's [`Packet`] types into MQTT 3.1, 3.1.1 or 5.0 wire format.
+//! Each packet body is written through a [`Sink`] twice: into a counter for the
+//! remaining length (and [`publish_len`]) and into the output, so the two cannot
+//! disagree. Version differences live here: 3.x gets no properties, CONNACK return
+//! codes and SUBACK failures mapped down, short acks; v5 acks use the 2-byte form only
+//! for plain success, and DISCONNECT/AUTH always carry reason code and property length.
+//! Called only by `codec.rs`.
+
+use super::properties::{self as prop, block};
+use super::read::*;
+use super::wire::{measure, varint_len, Sink};
+use crate::protocol::packet::*;
+use crate::protocol::reason;
+use bytes::BytesMut;
+
+/// Appends `packet` in `version`'s format. A 3.x AUTH (which does not exist) writes
+/// nothing.
+pub(crate) fn packet(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
+    if matches!(packet, Packet::Auth(_)) && !version.is_v5() {
+        return;
+    }
+    let len = measure(|c| body(packet, version, c));
+    out.reserve(1 + varint_len(len) + len);
+    out.u8(header(packet));
+    out.varint(len);
+    body(packet, version, out);
+}
+
+/// Total bytes [`packet`] writes for this PUBLISH.
+pub(crate) fn publish_len(p: &Publish, version: ProtocolVersion) -> usize {
+    let len = measure(|c| publish(p, version.is_v5(), c));
+    1 + varint_len(len) + len
+}
+
+fn header(packet: &Packet) -> u8 {
+    let (kind, flags) = match packet {
+        Packet::Connect(_) => (CONNECT, 0),
+        Packet::ConnAck(_) => (CONNACK, 0),
+        Packet::Publish(p) => {
+            let qos = p.qos as u8;
+            // DUP is meaningless on QoS 0 and must be 0 there [MQTT-3.3.1-2].
+            let dup = p.dup && qos > 0;
+            (
+                PUBLISH,
+                (u8::from(dup) << 3) | (qos << 1) | u8::from(p.retain),
+            )
+        }
+        Packet::PubAck(_) => (PUBACK, 0),
+        Packet::PubRec(_) => (PUBREC, 0),
+        Packet::PubRel(_) => (PUBREL, 0b0010),
+        Packet::PubComp(_) => (PUBCOMP, 0),
+        Packet::Subscribe(_) => (SUBSCRIBE, 0b0010),
+        Packet::SubAck(_) => (SUBACK, 0),
+        Packet::Unsubscribe(_) => (UNSUBSCRIBE, 0b0010),
+        Packet::UnsubAck(_) => (UNSUBACK, 0),
+        Packet::PingReq => (PINGREQ, 0),
+        Packet::PingResp => (PINGRESP, 0),
+        Packet::Disconnect(_) => (DISCONNECT, 0),
+        Packet::Auth(_) => (AUTH, 0),
+    };
+    (kind << 4) | flags
+}
+
+fn body(packet: &Packet, version: ProtocolVersion, s: &mut dyn Sink) {
+    let v5 = version.is_v5();
+    match packet {
+        Packet::Connect(c) => connect(c, version, s),
+        Packet::ConnAck(c) => connack(c, v5, s),
+        Packet::Publish(p) => publish(p, v5, s),
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            pub_response(r, v5, s)
+        }
+        Packet::Subscribe(sub) => subscribe(sub, v5, s),
+        Packet::SubAck(a) => suback(a, v5, s),
+        Packet::Unsubscribe(u) => unsubscribe(u, v5, s),
+        Packet::UnsubAck(a) => unsuback(a, v5, s),
+        Packet::PingReq | Packet::PingResp => {}
+        Packet::Disconnect(d) => {
+            // 3.x DISCONNECT is empty (and only ever sent by clients).
+            if v5 {
+                disconnect(d, s)
+            }
+        }
+        Packet::Auth(a) => auth(a, s),
+    }
+}
+
+fn connect(c: &Connect, version: ProtocolVersion, s: &mut dyn Sink) {
+    let v5 = version.is_v5();
+    match version {
+        ProtocolVersion::V3_1 => {
+            s.string("MQIsdp");
+            s.u8(3);
+        }
+        ProtocolVersion::V3_1_1 => {
+            s.string("MQTT");
+            s.u8(4);
+        }
+        ProtocolVersion::V5 => {
+            s.string("MQTT");
+            s.u8(5);
+        }
+    }
+    let mut flags = 0u8;
+    if c.clean_start {
+        flags |= 0x02;
+    }
+    if let Some(w) = &c.will {
+        flags |= 0x04 | ((w.qos as u8) << 3);
+        if w.retain {
+            flags |= 0x20;
+        }
+    }
+    if c.password.is_some() {
+        flags |= 0x40;
+    }
+    if c.username.is_some() {
+        flags |= 0x80;
+    }
+    s.u8(flags);
+    s.u16(c.keep_alive);
+    if v5 {
+        let p = &c.properties;
+        block(s, &|s| {
+            prop::four(s, prop::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
+            prop::two(s, prop::RECEIVE_MAXIMUM, p.receive_maximum);
+            prop::four(s, prop::MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
+            prop::two(s, prop::TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
+            prop::byte(
+                s,
+                prop::REQUEST_RESPONSE_INFORMATION,
+                p.request_response_information,
+            );
+            prop::byte(
+                s,
+                prop::REQUEST_PROBLEM_INFORMATION,
+                p.request_problem_information,
+            );
+            prop::users(s, &p.user_properties);
+            prop::string(
+                s,
+                prop::AUTHENTICATION_METHOD,
+                p.authentication_method.as_deref(),
+            );
+            prop::binary(s, prop::AUTHENTICATION_DATA, p.authentication_data.as_ref());
+        });
+    }
+    s.string(&c.client_id);
+    if let Some(w) = &c.will {
+        if v5 {
+            block(s, &|s| {
+                prop::four(s, prop::WILL_DELAY_INTERVAL, w.delay_interval);
+                prop::message(s, &w.properties);
+            });
+        }
+        s.string(&w.topic);
+        s.binary(&w.payload);
+    }
+    if let Some(u) = &c.username {
+        s.string(u);
+    }
+    if let Some(p) = &c.password {
+        s.binary(p);
+    }
+}
+
+fn connack(c: &ConnAck, v5: bool, s: &mut dyn Sink) {
+    // Session present must be 0 with a failure code [MQTT-3.2.2-4] (v5: -6).
+    s.u8(u8::from(c.session_present && c.code == reason::SUCCESS));
+    if !v5 {
+        s.u8(reason::connack_return_code_v3(c.code));
+        return;
+    }
+    s.u8(c.code);
+    let p = &c.properties;
+    block(s, &|s| {
+        prop::four(s, prop::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
+        prop::two(s, prop::RECEIVE_MAXIMUM, p.receive_maximum);
+        prop::byte(s, prop::MAXIMUM_QOS, p.maximum_qos);
+        prop::byte(s, prop::RETAIN_AVAILABLE, p.retain_available);
+        prop::four(s, prop::MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
+        prop::string(
+            s,
+            prop::ASSIGNED_CLIENT_IDENTIFIER,
+            p.assigned_client_identifier.as_deref(),
+        );
+        prop::two(s, prop::TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
+        prop::string(s, prop::REASON_STRING, p.reason_string.as_deref());
+        prop::users(s, &p.user_properties);
+        prop::byte(
+            s,
+            prop::WILDCARD_SUBSCRIPTION_AVAILABLE,
+            p.wildcard_subscription_available,
+        );
+        prop::byte(
+            s,
+            prop::SUBSCRIPTION_IDENTIFIERS_AVAILABLE,
+            p.subscription_identifiers_available,
+        );
+        prop::byte(
+            s,
+            prop::SHARED_SUBSCRIPTION_AVAILABLE,
+            p.shared_subscription_available,
+        );
+        prop::two(s, prop::SERVER_KEEP_ALIVE, p.server_keep_alive);
+        prop::string(
+            s,
+            prop::RESPONSE_INFORMATION,
+            p.response_information.as_deref(),
+        );
+        prop::string(s, prop::SERVER_REFERENCE, p.server_reference.as_deref());
+        prop::string(
+            s,
+            prop::AUTHENTICATION_METHOD,
+            p.authentication_method.as_deref(),
+        );
+        prop::binary(s, prop::AUTHENTICATION_DATA, p.authentication_data.as_ref());
+    });
+}
+
+fn publish(p: &Publish, v5: bool, s: &mut dyn Sink) {
+    s.string(&p.topic);
+    if p.qos != QoS::AtMostOnce {
+        s.u16(p.packet_id);
+    }
+    if v5 {
+        block(s, &|s| {
+            prop::message(s, &p.properties);
+            prop::two(s, prop::TOPIC_ALIAS, p.topic_alias);
+            for &id in &p.subscription_identifiers {
+                s.u8(prop::SUBSCRIPTION_IDENTIFIER);
+                s.varint(id as usize);
+            }
+        });
+    }
+    s.raw(&p.payload);
+}
+
+fn pub_response(r: &PubResponse, v5: bool, s: &mut dyn Sink) {
+    s.u16(r.packet_id);
+    if !v5 {
+        return;
+    }
+    let no_props = r.reason_string.is_none() && r.user_properties.is_empty();
+    if r.reason == reason::SUCCESS && no_props {
+        return;
+    }
+    s.u8(r.reason);
+    if !no_props {
+        reason_block(s, r.reason_string.as_deref(), &r.user_properties);
+    }
+}
+
+/// Reason string and user properties: the property block of every ack.
+fn reason_block(s: &mut dyn Sink, reason_string: Option<&str>, users: &[UserProperty]) {
+    block(s, &|s| {
+        prop::string(s, prop::REASON_STRING, reason_string);
+        prop::users(s, users);
+    });
+}
+
+fn subscribe(sub: &Subscribe, v5: bool, s: &mut dyn Sink) {
+    s.u16(sub.packet_id);
+    if v5 {
+        block(s, &|s| {
+            if let Some(id) = sub.subscription_identifier {
+                s.u8(prop::SUBSCRIPTION_IDENTIFIER);
+                s.varint(id as usize);
+            }
+            prop::users(s, &sub.user_properties);
+        });
+    }
+    for f in &sub.filters {
+        s.string(&f.filter);
+        let o = &f.options;
+        let mut byte = o.qos as u8;
+        if v5 {
+            byte |= u8::from(o.no_local) << 2
+                | u8::from(o.retain_as_published) << 3
+                | (o.retain_handling & 0x03) << 4;
+        }
+        s.u8(byte);
+    }
+}
+
+fn suback(a: &SubAck, v5: bool, s: &mut dyn Sink) {
+    s.u16(a.packet_id);
+    if v5 {
+        reason_block(s, a.reason_string.as_deref(), &a.user_properties);
+        s.raw(&a.reasons);
+    } else {
+        for &r in &a.reasons {
+            s.u8(if r >= 0x80 { 0x80 } else { r });
+        }
+    }
+}
+
+fn unsubscribe(u: &Unsubscribe, v5: bool, s: &mut dyn Sink) {
+    s.u16(u.packet_id);
+    if v5 {
+        block(s, &|s| prop::users(s, &u.user_properties));
+    }
+    for f in &u.filters {
+        s.string(f);
+    }
+}
+
+fn unsuback(a: &UnsubAck, v5: bool, s: &mut dyn Sink) {
+    s.u16(a.packet_id);
+    if v5 {
+        reason_block(s, a.reason_string.as_deref(), &a.user_properties);
+        s.raw(&a.reasons);
+    }
+}
+
+/// Always the full form `e0 len rc props…` (never shorter than `e0 02 rc 00`).
+fn disconnect(d: &Disconnect, s: &mut dyn Sink) {
+    s.u8(d.reason);
+    block(s, &|s| {
+        prop::four(s, prop::SESSION_EXPIRY_INTERVAL, d.session_expiry_interval);
+        prop::string(s, prop::REASON_STRING, d.reason_string.as_deref());
+        prop::users(s, &d.user_properties);
+        prop::string(s, prop::SERVER_REFERENCE, d.server_reference.as_deref());
+    });
+}
+
+fn auth(a: &Auth, s: &mut dyn Sink) {
+    s.u8(a.reason);
+    block(s, &|s| {
+        prop::string(
+            s,
+            prop::AUTHENTICATION_METHOD,
+            a.authentication_method.as_deref(),
+        );
+        prop::binary(s, prop::AUTHENTICATION_DATA, a.authentication_data.as_ref());
+        prop::string(s, prop::REASON_STRING, a.reason_string.as_deref());
+        prop::users(s, &a.user_properties);
+    });
+}
