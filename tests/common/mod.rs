@@ -279,8 +279,12 @@ impl MosquittoSub {
         args: &[&str],
     ) -> MosquittoSub {
         use tokio::io::AsyncBufReadExt;
-        let mut cmd = tokio::process::Command::new("mosquitto_sub");
+        // stdbuf: mosquitto_sub's debug lines (the SUBACK we wait for) are otherwise
+        // block-buffered when stdout is a pipe.
+        let mut cmd = tokio::process::Command::new("stdbuf");
         cmd.args([
+            "-oL",
+            "mosquitto_sub",
             "-h",
             "127.0.0.1",
             "-p",
