@@ -356,3 +356,31 @@ impl MosquittoSub {
         out
     }
 }
+
+/// Proves the broker still serves: a fresh 3.1.1 client connects, subscribes, publishes
+/// a QoS 1 message to itself, gets the PUBACK and the message.
+pub async fn assert_broker_works(port: u16) {
+    use packet::{PUBACK, PUBLISH};
+    let id = format!("alive-{}", std::process::id());
+    let mut c = raw::RawClient::v311(port, &id).await;
+    assert_eq!(c.subscribe(1, "alive/check", 1).await, vec![1]);
+    c.send(&packet::publish(
+        false,
+        "alive/check",
+        1,
+        false,
+        2,
+        &[],
+        b"ok",
+    ))
+    .await;
+    let (mut acked, mut got) = (false, false);
+    for _ in 0..2 {
+        match c.recv().await {
+            raw::Recv::Packet(p) if p.kind() == PUBACK => acked = p.packet_id() == 2,
+            raw::Recv::Packet(p) if p.kind() == PUBLISH => got = p.publish(false).payload == b"ok",
+            other => panic!("broker no longer serves correctly: {other:?}"),
+        }
+    }
+    assert!(acked && got, "broker no longer serves correctly");
+}
