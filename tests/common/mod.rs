@@ -174,6 +174,20 @@ impl Broker {
         }
     }
 
+    /// Waits (bounded) until the broker's log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(needle) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{needle:?} not logged within {timeout:?}\n--- sluice stderr ---\n{}",
+                    self.stderr_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The last 8 KiB of the broker's stderr.
     pub fn stderr_tail(&self) -> String {
         read_tail(&self.stderr_path, 8192)
