@@ -233,7 +233,14 @@ async fn request_reply_properties_are_forwarded_untouched() {
         .cloned()
         .expect("correlation data");
     assert_eq!(
-        pub1(&mut responder, &reply_to, 2, &[corr.clone()], b"{\"a\":2}").await,
+        pub1(
+            &mut responder,
+            &reply_to,
+            2,
+            std::slice::from_ref(&corr),
+            b"{\"a\":2}"
+        )
+        .await,
         0
     );
     let reply = requester.expect_publish().await;
