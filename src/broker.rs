@@ -5,13 +5,23 @@
 //! is a [`CancellationToken`] every connection selects on, plus a [`TaskTracker`] the
 //! broker waits on for the grace period.
 
-use crate::config::Config;
+use crate::config::{Config, Durability, Spill};
+use crate::dead_letter::{self, DeadLetterReason};
 use crate::listener;
-use crate::message::Message;
+use crate::message::{decode_properties, encode_properties, Message};
+use crate::metrics as metric;
+use crate::protocol::QoS;
+use crate::protocol::SubscriptionOptions;
 use crate::router::Router;
-use crate::session::{Delivery, Session, SessionRegistry};
+use crate::session::{Delivery, QueueLimits, Session, SessionRegistry};
+use crate::session::{SubscriptionRecord, EXPIRY_NEVER};
+use crate::store::{
+    CommitTicket, DurabilityPolicy, Record, Recovered, Store, StoreConfig, StoreError,
+    StoredMessage,
+};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -20,6 +30,8 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -38,7 +50,18 @@ pub struct Broker {
     pub tasks: TaskTracker,
     /// One permit per open connection ([limits] max_connections).
     pub connection_permits: Arc<Semaphore>,
-    next_message_id: AtomicU64,
+    /// The durable log: persistent sessions, their queues, retained messages.
+    pub store: Store,
+}
+
+/// What accepting a message did.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Sessions the message was offered to (0: v5 PUBACK 0x10).
+    pub matched: usize,
+    /// Resolve when the message, its enqueue records and any dead letters it caused are
+    /// durable; empty when nothing needed the disk.
+    pub tickets: Vec<CommitTicket>,
 }
 
 /// A started broker and the addresses it bound (port 0 resolved).
@@ -49,23 +72,186 @@ pub struct Running {
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Arc<Broker> {
+    /// Opens the store, restores what it recovered, and returns the broker (not yet
+    /// listening).
+    pub fn open(config: Config) -> Result<Arc<Broker>, BrokerError> {
+        let (store, recovered) = Store::open(StoreConfig {
+            dir: config.data_dir.clone(),
+            policy: match config.store.durability {
+                Durability::Fsync => DurabilityPolicy::Fsync,
+                Durability::Write => DurabilityPolicy::Write,
+            },
+            segment_bytes: config.store.segment_bytes,
+            ..StoreConfig::default()
+        })?;
         let router = Router::new(config.limits.max_topic_levels);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
-        Arc::new(Broker {
+        let broker = Arc::new(Broker {
             config,
             sessions: SessionRegistry::default(),
             router,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connection_permits: permits,
-            next_message_id: AtomicU64::new(1),
-        })
+            store,
+        });
+        broker.restore(recovered);
+        Ok(broker)
+    }
+
+    /// Queue bounds for a session: the configured ones, or the dead-letter session's
+    /// own (which never gives up on a message it is holding for an operator).
+    pub fn queue_limits_for(&self, client_id: &str) -> QueueLimits {
+        let dl = &self.config.dead_letter;
+        if self.is_dead_letter_session(client_id) {
+            return QueueLimits {
+                max_messages: dl.max_messages,
+                max_bytes: dl.max_bytes,
+                queue_qos0_offline: false,
+                drop_newest: false,
+                max_delivery_attempts: 0,
+            };
+        }
+        QueueLimits {
+            max_messages: self.config.limits.max_queued_messages,
+            max_bytes: self.config.limits.max_queued_bytes,
+            queue_qos0_offline: self.config.session.queue_qos0_offline,
+            drop_newest: dl.queue_full_spill == Spill::Newest,
+            max_delivery_attempts: dl.max_delivery_attempts,
+        }
+    }
+
+    pub fn is_dead_letter_session(&self, client_id: &str) -> bool {
+        client_id == self.config.dead_letter.client_id
+    }
+
+    /// Creates the built-in dead-letter session (persistent, never expires, subscribed
+    /// to `<prefix>/#`) unless the log already had it.
+    pub async fn ensure_dead_letter_session(&self) -> Result<(), StoreError> {
+        let dl = &self.config.dead_letter;
+        let session = match self.sessions.get(&dl.client_id) {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(Session::new(
+                    Arc::from(dl.client_id.as_str()),
+                    EXPIRY_NEVER,
+                    self.queue_limits_for(&dl.client_id),
+                ));
+                self.sessions.insert(Arc::clone(&s));
+                s
+            }
+        };
+        let filter = format!("{}/#", dl.topic_prefix);
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..SubscriptionOptions::default()
+        };
+        if !session.subscriptions().iter().any(|(f, _)| *f == filter) {
+            self.router
+                .subscribe(&session, &filter, options, None)
+                .map_err(|e| StoreError::Invalid(format!("dead-letter filter {filter}: {e}")))?;
+            session.add_subscription(
+                &filter,
+                SubscriptionRecord {
+                    options,
+                    identifier: None,
+                },
+            );
+        }
+        session.set_expiry_secs(EXPIRY_NEVER);
+        self.store
+            .commit(vec![Record::Session {
+                client_id: dl.client_id.clone(),
+                state: session.persisted_state(),
+            }])
+            .await?;
+        session.set_persisted(true);
+        Ok(())
+    }
+
+    /// Rebuilds sessions, subscriptions, queues and retained messages from the log.
+    fn restore(self: &Arc<Broker>, recovered: Recovered) {
+        if let Some((path, offset)) = &recovered.truncated_tail {
+            tracing::warn!(file = %path.display(), offset, "torn log tail truncated");
+        }
+        let mut queues = recovered.queues;
+        let mut restored = 0usize;
+        for (client_id, blob) in recovered.sessions {
+            let state = match crate::session::persist::decode_state(blob) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(%client_id, error = %e, "cannot restore session; skipping it");
+                    continue;
+                }
+            };
+            let session = Arc::new(Session::new(
+                Arc::from(client_id.as_str()),
+                state.expiry_secs,
+                self.queue_limits_for(&client_id),
+            ));
+            session.set_persisted(true);
+            for (filter, record) in &state.subscriptions {
+                if let Err(e) =
+                    self.router
+                        .subscribe(&session, filter, record.options, record.identifier)
+                {
+                    tracing::warn!(%client_id, %filter, error = %e, "stored subscription invalid; dropped");
+                    continue;
+                }
+                session.add_subscription(filter, record.clone());
+            }
+            if let Some(entries) = queues.remove(&client_id) {
+                let deliveries = entries.into_iter().map(|e| {
+                    let message = Arc::new(message_from_store(&e.message));
+                    let qos = state
+                        .subscriptions
+                        .iter()
+                        .filter(|(f, _)| subscription_matches(f, &message.topic))
+                        .map(|(_, r)| r.options.qos)
+                        .max()
+                        .map_or(message.qos, |q| q.min(message.qos))
+                        .max(QoS::AtLeastOnce);
+                    Delivery {
+                        message,
+                        qos,
+                        retain: false,
+                        subscription_ids: Vec::new(),
+                        attempts: e.attempts,
+                        durable: true,
+                    }
+                });
+                session.restore(deliveries);
+            }
+            if let Some(pids) = recovered.qos2_pending.get(&client_id) {
+                for &pid in pids {
+                    session.begin_inbound_qos2(pid);
+                }
+            }
+            let generation = session.generation();
+            let expiry = state.expiry_secs;
+            self.sessions.insert(Arc::clone(&session));
+            crate::connection::schedule_expiry(self, &session, generation, expiry);
+            restored += 1;
+        }
+        for (topic, stored) in recovered.retained {
+            let _ = topic;
+            self.router
+                .restore_retained(Arc::new(message_from_store(&stored)));
+        }
+        tracing::info!(
+            sessions = restored,
+            retained = self.router.retained_count(),
+            records = recovered.records_replayed,
+            bytes = recovered.bytes_replayed,
+            duration_ms = recovered.duration.as_millis() as u64,
+            "store recovered"
+        );
     }
 
     /// Binds every listener and starts accepting.
     pub async fn start(config: Config) -> Result<Running, BrokerError> {
-        let broker = Broker::new(config);
+        let broker = Broker::open(config)?;
+        broker.ensure_dead_letter_session().await?;
         let mut mqtt_addrs = Vec::new();
         for l in &broker.config.listeners {
             let socket = tokio::net::TcpListener::bind(l.bind)
@@ -85,36 +271,157 @@ impl Broker {
     }
 
     pub fn next_message_id(&self) -> u64 {
-        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+        self.store.next_message_id()
     }
 
-    /// Routes an accepted message (a PUBLISH or a will) and returns how many sessions
-    /// it was offered to.
-    pub fn publish(&self, message: &Arc<Message>) -> usize {
+    /// Accepts a message (a PUBLISH or a will): finds its targets, submits it and an
+    /// Enqueue record per persistent target (plus `extra` records, and its retained
+    /// state) to the store, then queues it in memory. The order matters: the batch takes
+    /// its place in the log before any subscriber can see, and ack, the message.
+    pub async fn accept(
+        &self,
+        message: &Arc<Message>,
+        mut extra: Vec<Record>,
+    ) -> Result<Accepted, StoreError> {
+        let mut targets = self.router.route(message);
+        let mut records = Vec::new();
+        let mut durable_any = false;
+        if message.qos != QoS::AtMostOnce {
+            for (session, delivery) in targets.iter_mut() {
+                if delivery.qos != QoS::AtMostOnce && session.is_persistent() {
+                    delivery.durable = true;
+                    durable_any = true;
+                    records.push(Record::Enqueue {
+                        session: session.client_id.to_string(),
+                        message_id: message.id,
+                    });
+                }
+            }
+        }
+        if message.retain {
+            if message.payload.is_empty() {
+                records.push(Record::RetainClear {
+                    topic: message.topic.clone(),
+                });
+            } else {
+                durable_any = true;
+                records.push(Record::Retain {
+                    topic: message.topic.clone(),
+                    message_id: message.id,
+                });
+            }
+        }
+        if durable_any {
+            records.insert(0, Record::Message(Arc::new(message_to_store(message))));
+        }
+        records.append(&mut extra);
+        let mut tickets = Vec::new();
+        if !records.is_empty() {
+            tickets.push(self.store.submit(records).await?);
+        }
         if message.retain {
             self.router.retain(message);
         }
-        let outcome = self.router.publish(message);
-        for (session, delivery) in outcome.evicted {
-            self.undeliverable(&session, delivery, "queue_full");
+        let matched = targets.len();
+        for (session, delivery) in targets {
+            let outcome = session.enqueue(delivery);
+            for evicted in outcome.evicted {
+                tickets.extend(
+                    self.undeliverable(&session, evicted, DeadLetterReason::QueueFull)
+                        .await,
+                );
+            }
         }
-        outcome.matched
+        if matched == 0 && message.qos != QoS::AtMostOnce && self.config.dead_letter.no_subscribers
+        {
+            let ctx = dead_letter::Context {
+                reason: DeadLetterReason::NoSubscribers,
+                subscriber: None,
+                attempts: 0,
+            };
+            tickets.extend(self.dead_letter(message, ctx).await);
+        }
+        Ok(Accepted { matched, tickets })
     }
 
-    /// A message that will not reach `session`.
-    // TODO(dead letters): hand it to the dead-letter queue; until that lands it is
-    // counted and logged so nothing disappears without a trace.
-    pub fn undeliverable(&self, session: &Session, delivery: Delivery, reason: &'static str) {
-        metrics::counter!("sluice_messages_dropped_total", "reason" => reason).increment(1);
-        tracing::warn!(
-            client_id = %session.client_id,
-            topic = %delivery.message.topic,
+    /// Publishes the dead letter for `original` (or sheds it, if it is one already).
+    /// Returns the tickets that resolve when the dead letter is durable.
+    pub fn dead_letter<'a>(
+        &'a self,
+        original: &'a Arc<Message>,
+        ctx: dead_letter::Context<'a>,
+    ) -> Pin<Box<dyn Future<Output = Vec<CommitTicket>> + Send + 'a>> {
+        Box::pin(async move {
+            let prefix = &self.config.dead_letter.topic_prefix;
+            if dead_letter::is_dead_letter(prefix, &original.topic) {
+                // A dead letter is never dead-lettered again: this is the one place
+                // sluice discards, and it says so.
+                metrics::counter!(metric::DEAD_LETTERS_SHED).increment(1);
+                tracing::error!(
+                    topic = %original.topic,
+                    reason = ctx.reason.label(),
+                    "dead-letter queue full or undeliverable; dead letter shed"
+                );
+                return Vec::new();
+            }
+            metrics::counter!(metric::DEAD_LETTERS, "reason" => ctx.reason.label()).increment(1);
+            tracing::warn!(
+                topic = %original.topic,
+                reason = ctx.reason.label(),
+                subscriber = ctx.subscriber.unwrap_or(""),
+                "message dead-lettered"
+            );
+            let dl = Arc::new(dead_letter::build(
+                prefix,
+                self.next_message_id(),
+                original,
+                &ctx,
+                crate::message::now_ms(),
+            ));
+            match self.accept(&dl, Vec::new()).await {
+                Ok(accepted) => accepted.tickets,
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %dl.topic, "dead letter not stored");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    /// A message that will not reach `session`: it becomes a dead letter, and its
+    /// place in the session's durable queue is released.
+    pub async fn undeliverable(
+        &self,
+        session: &Session,
+        delivery: Delivery,
+        reason: DeadLetterReason,
+    ) -> Vec<CommitTicket> {
+        let ctx = dead_letter::Context {
             reason,
-            "message not delivered"
-        );
+            subscriber: Some(&session.client_id),
+            attempts: delivery.attempts,
+        };
+        let tickets = self.dead_letter(&delivery.message, ctx).await;
+        if delivery.durable {
+            self.ack_durable(session, &delivery).await;
+        }
+        tickets
     }
 
-    /// Stops accepting, asks every connection to close, and waits up to the grace period.
+    /// Records that a durable delivery is finished (acked or given up), without waiting
+    /// for the disk: after a crash it is delivered again, which QoS 1 allows.
+    pub async fn ack_durable(&self, session: &Session, delivery: &Delivery) {
+        let record = Record::Ack {
+            session: session.client_id.to_string(),
+            message_id: delivery.message.id,
+        };
+        if let Err(e) = self.store.append(vec![record]).await {
+            tracing::debug!(error = %e, "ack not recorded");
+        }
+    }
+
+    /// Stops accepting, asks every connection to close, waits up to the grace period,
+    /// then flushes and fsyncs the log.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();
@@ -129,5 +436,48 @@ impl Broker {
                 "shutdown grace period exceeded; closing the remaining connections"
             );
         }
+        if let Err(e) = self.store.shutdown().await {
+            tracing::error!(error = %e, "store did not shut down cleanly");
+        }
+    }
+}
+
+fn subscription_matches(filter: &str, topic: &str) -> bool {
+    use crate::router::topic::{matches, parse_filter, FilterKind};
+    match parse_filter(filter, usize::MAX) {
+        Ok(FilterKind::Plain(f)) | Ok(FilterKind::Shared { filter: f, .. }) => matches(f, topic),
+        Err(_) => false,
+    }
+}
+
+pub fn message_to_store(m: &Message) -> StoredMessage {
+    StoredMessage {
+        id: m.id,
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos as u8,
+        retain: m.retain,
+        properties: encode_properties(&m.properties),
+        publisher: m.publisher.to_string(),
+        received_at_ms: m.received_at_ms,
+        expires_at_ms: m.expires_at_ms,
+    }
+}
+
+pub fn message_from_store(s: &StoredMessage) -> Message {
+    let properties = decode_properties(s.properties.clone()).unwrap_or_else(|e| {
+        tracing::warn!(message_id = s.id, error = %e, "stored properties unreadable; dropped");
+        Default::default()
+    });
+    Message {
+        id: s.id,
+        topic: s.topic.clone(),
+        payload: s.payload.clone(),
+        qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtLeastOnce),
+        retain: s.retain,
+        properties,
+        publisher: Arc::from(s.publisher.as_str()),
+        received_at_ms: s.received_at_ms,
+        expires_at_ms: s.expires_at_ms,
     }
 }

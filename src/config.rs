@@ -36,6 +36,41 @@ pub struct Config {
     pub limits: Limits,
     pub session: SessionConfig,
     pub store: StoreSettings,
+    pub dead_letter: DeadLetterConfig,
+}
+
+/// Which end of a full queue spills to the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spill {
+    Oldest,
+    Newest,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub no_subscribers: bool,
+    pub max_delivery_attempts: u32,
+    pub queue_full_spill: Spill,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            topic_prefix: "$DLQ".into(),
+            client_id: "sluice-dlq".into(),
+            max_messages: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            no_subscribers: true,
+            max_delivery_attempts: 5,
+            queue_full_spill: Spill::Oldest,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,6 +149,7 @@ impl Default for Config {
             limits: Limits::default(),
             session: SessionConfig::default(),
             store: StoreSettings::default(),
+            dead_letter: DeadLetterConfig::default(),
         }
     }
 }
@@ -222,6 +258,28 @@ impl Config {
         }
         if l.max_subscriptions_per_client == 0 {
             return invalid("limits.max_subscriptions_per_client", "must be at least 1");
+        }
+        let dl = &self.dead_letter;
+        if !dl.topic_prefix.starts_with('$')
+            || dl.topic_prefix.ends_with('/')
+            || dl.topic_prefix.contains(['+', '#', '\0'])
+        {
+            return invalid(
+                "dead_letter.topic_prefix",
+                "must start with '$' (so '#' never matches it), not end with '/', and hold no wildcards",
+            );
+        }
+        if dl.client_id.is_empty() || dl.client_id.len() > l.max_client_id_len {
+            return invalid(
+                "dead_letter.client_id",
+                "must be non-empty and within limits.max_client_id_len",
+            );
+        }
+        if dl.max_messages == 0 || dl.max_bytes == 0 {
+            return invalid(
+                "dead_letter.max_messages",
+                "dead-letter queue limits must be at least 1",
+            );
         }
         if self.store.segment_bytes < 4096 {
             return invalid("store.segment_bytes", "must be at least 4096");

@@ -10,8 +10,10 @@
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod dead_letter;
 pub mod listener;
 pub mod message;
+pub mod metrics;
 pub mod protocol;
 pub mod router;
 pub mod session;

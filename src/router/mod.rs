@@ -2,9 +2,9 @@
 //!
 //! Owns the subscription tries (plain and `$share/group/...`) and the retained message
 //! map. `connection` calls [`Router::subscribe`], [`Router::unsubscribe`] and
-//! [`Router::publish`]; `publish` matches the topic, merges overlapping subscriptions of
-//! one session into one delivery, picks one member per shared group, and offers the
-//! message to each target session's queue. The trie locks are never held while a session
+//! [`Router::route`]; `route` matches the topic, merges overlapping subscriptions of
+//! one session into one delivery and picks one member per shared group; the broker then
+//! makes the message durable and offers it to each target session's queue. The trie locks are never held while a session
 //! lock is taken (targets are collected first), so the session → router lock order holds.
 
 pub mod topic;
@@ -31,17 +31,6 @@ struct Entry {
 /// Shared subscriptions are keyed by the whole `$share/group/filter` string and the
 /// member's client id, so members of one group are recognised when they match.
 type SharedKey = (Arc<str>, Arc<str>);
-
-/// The outcome of routing one message.
-#[derive(Debug, Default)]
-pub struct RouteOutcome {
-    /// Sessions the message was offered to.
-    pub matched: usize,
-    /// Sessions that queued it, for durable enqueue records.
-    pub queued_for: Vec<Arc<Session>>,
-    /// Deliveries pushed out of full queues (or refused), with their session.
-    pub evicted: Vec<(Arc<Session>, Delivery)>,
-}
 
 #[derive(Debug)]
 pub struct Router {
@@ -120,31 +109,36 @@ impl Router {
         self.plain.read().len() + self.shared.read().len()
     }
 
-    /// Routes `message` to every matching session and returns what happened.
-    pub fn publish(&self, message: &Arc<Message>) -> RouteOutcome {
-        let mut targets: Vec<Delivery> = Vec::new();
-        let mut sessions: Vec<Arc<Session>> = Vec::new();
+    /// Every session `message` should reach, with the delivery each gets: overlapping
+    /// subscriptions of one session merge into one delivery (highest QoS, every
+    /// subscription identifier), and each shared group contributes one member. Nothing
+    /// is queued yet: the caller makes the message durable first, then queues it.
+    pub fn route(&self, message: &Arc<Message>) -> Vec<(Arc<Session>, Delivery)> {
+        let mut targets: Vec<(Arc<Session>, Delivery)> = Vec::new();
         let mut index: HashMap<*const Session, usize> = HashMap::new();
         let mut add = |entry: &Entry, retain: bool| {
             let qos = message.qos.min(entry.options.qos);
             let key = Arc::as_ptr(&entry.session);
             match index.get(&key) {
                 Some(&i) => {
-                    let d: &mut Delivery = &mut targets[i];
+                    let d = &mut targets[i].1;
                     d.qos = d.qos.max(qos);
                     d.retain |= retain;
                     d.subscription_ids.extend(entry.identifier);
                 }
                 None => {
                     index.insert(key, targets.len());
-                    targets.push(Delivery {
-                        message: Arc::clone(message),
-                        qos,
-                        retain,
-                        subscription_ids: entry.identifier.into_iter().collect(),
-                        attempts: 0,
-                    });
-                    sessions.push(Arc::clone(&entry.session));
+                    targets.push((
+                        Arc::clone(&entry.session),
+                        Delivery {
+                            message: Arc::clone(message),
+                            qos,
+                            retain,
+                            subscription_ids: entry.identifier.into_iter().collect(),
+                            attempts: 0,
+                            durable: false,
+                        },
+                    ));
                 }
             }
         };
@@ -172,20 +166,7 @@ impl Router {
                 add(member, false);
             }
         }
-        let mut outcome = RouteOutcome {
-            matched: targets.len(),
-            ..RouteOutcome::default()
-        };
-        for (delivery, session) in targets.into_iter().zip(sessions) {
-            let result = session.enqueue(delivery);
-            for evicted in result.evicted {
-                outcome.evicted.push((Arc::clone(&session), evicted));
-            }
-            if result.queued {
-                outcome.queued_for.push(session);
-            }
-        }
-        outcome
+        targets
     }
 
     /// The least loaded online member (ties broken round robin); an offline member only

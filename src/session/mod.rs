@@ -12,12 +12,13 @@
 
 pub mod persist;
 
+use crate::dead_letter::DeadLetterReason;
 use crate::message::{now_ms, Message};
 use crate::protocol::{QoS, SubscriptionOptions};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
 
@@ -36,6 +37,8 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Times this message was sent to this subscriber without being acknowledged.
     pub attempts: u32,
+    /// The store holds an Enqueue record for it: its completion must append an Ack.
+    pub durable: bool,
 }
 
 /// Where an outbound QoS 1/2 message is in its flow.
@@ -105,6 +108,10 @@ pub struct QueueLimits {
     pub max_messages: usize,
     pub max_bytes: usize,
     pub queue_qos0_offline: bool,
+    /// When full, refuse the newest message instead of evicting the oldest.
+    pub drop_newest: bool,
+    /// Sends without a PUBACK after which a message is given up (0: never).
+    pub max_delivery_attempts: u32,
 }
 
 #[derive(Debug)]
@@ -134,6 +141,8 @@ pub struct Session {
     /// Wakes the owning connection's writer when there is something to send.
     notify: Notify,
     limits: QueueLimits,
+    /// The store holds a Session record for it (so ending it must write SessionRemove).
+    persisted: AtomicBool,
 }
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -166,7 +175,34 @@ impl Session {
             }),
             notify: Notify::new(),
             limits,
+            persisted: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session outlives its connection (and so keeps its queue on disk).
+    pub fn is_persistent(&self) -> bool {
+        let st = self.state.lock();
+        st.expiry_secs > 0 && !st.ended
+    }
+
+    pub fn is_persisted(&self) -> bool {
+        self.persisted.load(Ordering::Acquire)
+    }
+
+    pub fn set_persisted(&self, persisted: bool) {
+        self.persisted.store(persisted, Ordering::Release);
+    }
+
+    /// Its state as the store keeps it.
+    pub fn persisted_state(&self) -> bytes::Bytes {
+        let st = self.state.lock();
+        let mut subs: Vec<(String, SubscriptionRecord)> = st
+            .subscriptions
+            .iter()
+            .map(|(f, r)| (f.clone(), r.clone()))
+            .collect();
+        subs.sort_by(|a, b| a.0.cmp(&b.0));
+        persist::encode_state(st.expiry_secs, &subs)
     }
 
     /// Makes `conn_id` the owner. Returns the previous owner's kick (the caller fires it)
@@ -300,10 +336,15 @@ impl Session {
             out.evicted.push(delivery);
             return out;
         }
-        while !st.queue.is_empty()
-            && (st.queue.len() >= self.limits.max_messages
-                || st.queued_bytes + cost > self.limits.max_bytes)
-        {
+        let full = |st: &SessionState| {
+            st.queue.len() >= self.limits.max_messages
+                || st.queued_bytes + cost > self.limits.max_bytes
+        };
+        if self.limits.drop_newest && full(&st) {
+            out.evicted.push(delivery);
+            return out;
+        }
+        while !st.queue.is_empty() && full(&st) {
             if let Some(old) = st.queue.pop_front() {
                 st.queued_bytes -= old.message.cost();
                 out.evicted.push(old);
@@ -347,7 +388,7 @@ impl Session {
         conn_id: u64,
         max: usize,
         out: &mut Vec<Outgoing>,
-        dropped: &mut Vec<(Delivery, DropReason)>,
+        dropped: &mut Vec<(Delivery, DeadLetterReason)>,
         encoded_len: impl Fn(&Delivery) -> usize,
     ) {
         let mut st = self.state.lock();
@@ -355,8 +396,23 @@ impl Session {
             return;
         }
         let now = now_ms();
+        let max_attempts = self.limits.max_delivery_attempts;
+        let exhausted = |d: &Delivery| max_attempts > 0 && d.attempts >= max_attempts;
         if st.resend {
             st.resend = false;
+            // A message sent max_delivery_attempts times without a PUBACK is a poison
+            // message: it leaves the window instead of being sent again.
+            let mut i = 0;
+            while i < st.inflight.len() {
+                let entry = &st.inflight[i];
+                if entry.stage == Stage::Published && exhausted(&entry.delivery) {
+                    if let Some(e) = st.inflight.remove(i) {
+                        dropped.push((e.delivery, DeadLetterReason::MaxAttempts));
+                    }
+                    continue;
+                }
+                i += 1;
+            }
             for entry in st.inflight.iter_mut() {
                 match entry.stage {
                     Stage::Published => {
@@ -385,12 +441,16 @@ impl Session {
             };
             st.queued_bytes -= delivery.message.cost();
             if delivery.message.is_expired(now) {
-                dropped.push((delivery, DropReason::Expired));
+                dropped.push((delivery, DeadLetterReason::Expired));
+                continue;
+            }
+            if delivery.qos != QoS::AtMostOnce && exhausted(&delivery) {
+                dropped.push((delivery, DeadLetterReason::MaxAttempts));
                 continue;
             }
             if let Some(limit) = max_packet {
                 if encoded_len(&delivery) > limit as usize {
-                    dropped.push((delivery, DropReason::TooLarge));
+                    dropped.push((delivery, DeadLetterReason::TooLarge));
                     continue;
                 }
             }
@@ -478,30 +538,22 @@ impl Session {
         self.state.lock().awaiting_rel.remove(&packet_id)
     }
 
+    /// Attempt counts of durable inflight messages, to persist when the owner leaves so
+    /// a poison message is recognised across reconnects and restarts.
+    pub fn inflight_attempts(&self) -> Vec<(u64, u32)> {
+        self.state
+            .lock()
+            .inflight
+            .iter()
+            .filter(|e| e.delivery.durable && e.stage == Stage::Published)
+            .map(|e| (e.delivery.message.id, e.delivery.attempts))
+            .collect()
+    }
+
     /// Queued (not yet sent) and inflight message counts.
     pub fn depth(&self) -> (usize, usize) {
         let st = self.state.lock();
         (st.queue.len(), st.inflight.len())
-    }
-}
-
-/// Why a queued message was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    Expired,
-    TooLarge,
-    QueueFull,
-    SessionEnded,
-}
-
-impl DropReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            DropReason::Expired => "expired",
-            DropReason::TooLarge => "too_large",
-            DropReason::QueueFull => "queue_full",
-            DropReason::SessionEnded => "session_expired",
-        }
     }
 }
 
@@ -584,6 +636,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             attempts: 0,
+            durable: false,
         }
     }
 
@@ -595,6 +648,8 @@ mod tests {
                 max_messages,
                 max_bytes: 1 << 20,
                 queue_qos0_offline: false,
+                drop_newest: false,
+                max_delivery_attempts: 3,
             },
         )
     }
@@ -679,6 +734,31 @@ mod tests {
     }
 
     #[test]
+    fn poison_message_leaves_after_max_attempts() {
+        let s = session(10);
+        s.enqueue(delivery(1, QoS::AtLeastOnce));
+        for conn in 1..=3 {
+            let (tx, _rx) = oneshot::channel();
+            s.attach(conn, tx, link(10), EXPIRY_NEVER);
+            let mut out = Vec::new();
+            let mut dropped = Vec::new();
+            s.take_deliveries(conn, 10, &mut out, &mut dropped, |_| 10);
+            assert_eq!(ids(&out).len(), 1, "attempt {conn} is sent");
+            assert!(dropped.is_empty());
+            s.detach(conn, None);
+        }
+        let (tx, _rx) = oneshot::channel();
+        s.attach(4, tx, link(10), EXPIRY_NEVER);
+        let mut out = Vec::new();
+        let mut dropped = Vec::new();
+        s.take_deliveries(4, 10, &mut out, &mut dropped, |_| 10);
+        assert!(out.is_empty());
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].1, DeadLetterReason::MaxAttempts);
+        assert_eq!(dropped[0].0.attempts, 3);
+    }
+
+    #[test]
     fn offline_session_skips_qos0() {
         let s = session(10);
         assert!(!s.enqueue(delivery(1, QoS::AtMostOnce)).queued);
@@ -719,7 +799,10 @@ mod tests {
         s.take_deliveries(1, 10, &mut out, &mut dropped, |_| 10);
         assert!(out.is_empty());
         let reasons: Vec<_> = dropped.iter().map(|(_, r)| *r).collect();
-        assert_eq!(reasons, vec![DropReason::Expired, DropReason::TooLarge]);
+        assert_eq!(
+            reasons,
+            vec![DeadLetterReason::Expired, DeadLetterReason::TooLarge]
+        );
     }
 
     impl Message {

@@ -176,6 +176,16 @@ pub struct RecoveredEntry {
     pub attempts: u32,
 }
 
+/// Resolves when a submitted batch is durable (or failed).
+#[derive(Debug)]
+pub struct CommitTicket(oneshot::Receiver<Result<(), StoreError>>);
+
+impl CommitTicket {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.0.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
 /// Counters for metrics and benches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -267,6 +277,7 @@ impl Store {
         faults: Option<Arc<FaultPlan>>,
     ) -> Result<(Store, Recovered), StoreError> {
         let fs = Fs::new(faults);
+        let existed = config.dir.is_dir();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -275,6 +286,15 @@ impl Store {
                 path: config.dir.clone(),
                 source,
             })?;
+        if !existed {
+            // Make the new directory's own entry durable before anything relies on it.
+            if let Some(parent) = config.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent).map_err(|source| StoreError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
         let replayed = recovery::replay(&config.dir, &fs)?;
         let shared = Arc::new(Shared::default());
         shared
@@ -313,6 +333,23 @@ impl Store {
             .await
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Queues `records` as one batch and returns a ticket that resolves once the batch
+    /// is durable per the policy. Splitting [`Store::commit`] in two lets a caller fix
+    /// the batch's place in the log (before anything that depends on it, such as a
+    /// subscriber's ack) and then wait for the disk without holding up its other work.
+    pub async fn submit(&self, records: Vec<Record>) -> Result<CommitTicket, StoreError> {
+        self.check_poisoned()?;
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Batch {
+                records,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        Ok(CommitTicket(rx))
     }
 
     /// Queues `records` as one batch; returns once the writer's channel took it, without

@@ -17,16 +17,26 @@ use crate::protocol::{
 };
 use crate::router::topic;
 use crate::session::{
-    next_connection_id, Delivery, LinkLimits, Outgoing, QueueLimits, Session, SubscriptionRecord,
-    EXPIRY_NEVER,
+    next_connection_id, Delivery, LinkLimits, Session, SubscriptionRecord, EXPIRY_NEVER,
 };
+use crate::store::Record;
 use bytes::BytesMut;
+use lifecycle::{
+    append_records, attach_session, end_or_schedule_expiry, finish_discard, publish_will,
+    session_record,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use writer::{run_acker, run_writer, PendingAck};
+
+mod lifecycle;
+mod writer;
+
+pub use lifecycle::schedule_expiry;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,8 +44,6 @@ use tracing::{debug, info, warn, Instrument};
 
 /// Control packets the reader may queue for the writer before it stops reading.
 const CONTROL_CAPACITY: usize = 256;
-/// Most packets the writer encodes before one `write`.
-const WRITE_BATCH: usize = 256;
 /// Read buffer to start with and to shrink back to when idle.
 const READ_BUFFER: usize = 4 * 1024;
 /// How long the reader waits for the writer to flush its last packets.
@@ -214,6 +222,16 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
+/// The channels a reader uses, bundled.
+struct Io<'a> {
+    /// Control packets for the writer, in order.
+    ctrl: &'a mpsc::Sender<Control>,
+    /// Accepted QoS 1/2 PUBLISHes waiting for the store, for the acker.
+    acks: &'a mpsc::Sender<PendingAck>,
+    writer_done: &'a CancellationToken,
+    store_failed: &'a CancellationToken,
+}
+
 /// State of an established connection, owned by its reader.
 struct Connection {
     version: ProtocolVersion,
@@ -228,6 +246,10 @@ struct Connection {
     /// Inbound topic aliases (v5), at most `topic_alias_maximum`.
     aliases: HashMap<u16, String>,
     client_id: Arc<str>,
+    /// Store records the handshake produced, committed before CONNACK.
+    records: Vec<Record>,
+    /// Sessions the handshake ended (clean start), whose messages become dead letters.
+    discarded: Vec<lifecycle::Discarded>,
 }
 
 type Refusal = Box<(ConnAck, ProtocolVersion, String)>;
@@ -325,9 +347,15 @@ impl Connection {
             }
         }
 
-        let expiry_secs = if v.is_v5() {
+        let dead_letter_session = broker.is_dead_letter_session(&client_id);
+        let clean_start = connect.clean_start && !dead_letter_session;
+        let expiry_secs = if dead_letter_session {
+            // The dead-letter session always resumes and never expires, whatever the
+            // operator's client asks: draining it must not discard it.
+            EXPIRY_NEVER
+        } else if v.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
-        } else if connect.clean_start {
+        } else if clean_start {
             0
         } else if cfg.session.persistent_session_expiry_secs == 0 {
             EXPIRY_NEVER
@@ -343,10 +371,10 @@ impl Connection {
         let conn_id = next_connection_id();
         let (kick_tx, kick_rx) = oneshot::channel();
         let client_id: Arc<str> = Arc::from(client_id);
-        let (session, present) = attach_session(
+        let (session, present, records, discarded) = attach_session(
             broker,
             &client_id,
-            connect.clean_start,
+            clean_start,
             expiry_secs,
             conn_id,
             kick_tx,
@@ -363,7 +391,7 @@ impl Connection {
         info!(
             client_id = %client_id,
             version = v.label(),
-            clean_start = connect.clean_start,
+            clean_start = clean_start,
             keep_alive,
             session_present = present,
             "client connected"
@@ -383,6 +411,8 @@ impl Connection {
             },
             aliases: HashMap::new(),
             client_id,
+            records,
+            discarded,
         })
     }
 
@@ -399,13 +429,28 @@ impl Connection {
         WriteHalf<W>: Unpin + Send + 'static,
     {
         metrics::gauge!("sluice_connections").increment(1.0);
+        // What a restart must see about this session is durable before CONNACK.
+        let mut refused = false;
+        let records = std::mem::take(&mut self.records);
+        if !records.is_empty() {
+            if let Err(e) = broker.store.commit(records).await {
+                warn!(error = %e, "session state not stored; refusing the connection");
+                self.connack = ConnAck {
+                    session_present: false,
+                    code: reason::SERVER_UNAVAILABLE,
+                    properties: ConnAckProperties::default(),
+                };
+                refused = true;
+            }
+        }
+        finish_discard(&broker, std::mem::take(&mut self.discarded)).await;
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_CAPACITY);
         let writer_done = CancellationToken::new();
         // The CONNACK goes first: the writer drains control packets before the queue.
         let _ = ctrl_tx
             .send(Control::Packet(Packet::ConnAck(self.connack.clone())))
             .await;
-        let writer = tokio::spawn(
+        let mut writer = tokio::spawn(
             run_writer(
                 wr,
                 Arc::clone(&self.session),
@@ -413,13 +458,38 @@ impl Connection {
                 self.version,
                 ctrl_rx,
                 writer_done.clone(),
+                Arc::clone(&broker),
+            )
+            .in_current_span(),
+        );
+        let window = usize::from(broker.config.limits.receive_maximum).max(1);
+        let (acks_tx, acks_rx) = mpsc::channel(window);
+        let store_failed = CancellationToken::new();
+        let acker = tokio::spawn(
+            run_acker(
+                acks_rx,
+                ctrl_tx.clone(),
+                self.version,
+                Arc::clone(&self.session),
+                store_failed.clone(),
             )
             .in_current_span(),
         );
 
-        let exit = self
-            .read_loop(&mut rd, &mut buf, &broker, &ctrl_tx, &writer_done)
-            .await;
+        let exit = if refused {
+            Exit::Refused {
+                code: reason::SERVER_UNAVAILABLE,
+                why: "store unavailable".into(),
+            }
+        } else {
+            let io = Io {
+                ctrl: &ctrl_tx,
+                acks: &acks_tx,
+                writer_done: &writer_done,
+                store_failed: &store_failed,
+            };
+            self.read_loop(&mut rd, &mut buf, &broker, &io).await
+        };
         match &exit {
             Exit::Disconnect { .. } => info!("client disconnected"),
             Exit::Lost(why) => info!(reason = %why, "connection lost"),
@@ -430,27 +500,53 @@ impl Connection {
             Exit::Shutdown => debug!("closing for shutdown"),
             Exit::WriterGone => info!("write failed; closing"),
         }
+        // Acks still waiting for the disk go out before the writer closes.
+        drop(acks_tx);
+        if !store_failed.is_cancelled() {
+            let _ = tokio::time::timeout(WRITER_DRAIN, acker).await;
+        }
         let disconnect = match exit.disconnect_code() {
-            Some(code) if self.version.is_v5() => Some(Disconnect {
+            Some(code) if self.version.is_v5() && !refused => Some(Disconnect {
                 reason: code,
                 ..Disconnect::default()
             }),
             _ => None,
         };
-        let _ = ctrl_tx.try_send(Control::Close(disconnect));
-        drop(ctrl_tx);
-        if tokio::time::timeout(WRITER_DRAIN, writer).await.is_err() {
-            debug!("writer did not finish in time");
+        let closed = tokio::time::timeout(WRITER_DRAIN, async {
+            let _ = ctrl_tx.send(Control::Close(disconnect)).await;
+            drop(ctrl_tx);
+            let _ = (&mut writer).await;
+        })
+        .await;
+        if closed.is_err() {
+            debug!("writer did not finish in time; aborting it");
+            writer.abort();
         }
 
+        let expiry = self.session.expiry_secs();
+        if self.session.is_owned_by(self.conn_id) && self.session.is_persisted() {
+            // Attempt counts survive the reconnect (and a restart), so a message that
+            // crashes its consumer every time is recognised as poison.
+            let attempts: Vec<Record> = self
+                .session
+                .inflight_attempts()
+                .into_iter()
+                .map(|(message_id, attempts)| Record::Attempt {
+                    session: self.client_id.to_string(),
+                    message_id,
+                    attempts,
+                })
+                .collect();
+            append_records(&broker, attempts).await;
+        }
+        let generation = self.session.detach(self.conn_id, None);
         if exit.publishes_will() {
             if let Some(will) = self.will.take() {
-                publish_will(&broker, &self.session, will, self.expiry_secs);
+                publish_will(&broker, &self.session, will, expiry, generation).await;
             }
         }
-        let expiry = self.session.expiry_secs();
-        if let Some(generation) = self.session.detach(self.conn_id, None) {
-            end_or_schedule_expiry(&broker, &self.session, generation, expiry);
+        if let Some(generation) = generation {
+            end_or_schedule_expiry(&broker, &self.session, generation, expiry).await;
         }
         metrics::gauge!("sluice_connections").decrement(1.0);
     }
@@ -460,8 +556,7 @@ impl Connection {
         rd: &mut ReadHalf<R>,
         buf: &mut BytesMut,
         broker: &Arc<Broker>,
-        ctrl: &mpsc::Sender<Control>,
-        writer_done: &CancellationToken,
+        io: &Io<'_>,
     ) -> Exit
     where
         ReadHalf<R>: Unpin,
@@ -475,7 +570,7 @@ impl Connection {
                 match protocol::decode(buf, Some(self.version), max_packet) {
                     Ok(Some(packet)) => {
                         deadline = Instant::now() + grace;
-                        if let Some(exit) = self.handle(packet, broker, ctrl).await {
+                        if let Some(exit) = self.handle(packet, broker, io).await {
                             return exit;
                         }
                     }
@@ -497,7 +592,11 @@ impl Connection {
                 biased;
                 _ = broker.shutdown.cancelled() => return Exit::Shutdown,
                 _ = &mut self.kick => return Exit::TakenOver,
-                _ = writer_done.cancelled() => return Exit::WriterGone,
+                _ = io.writer_done.cancelled() => return Exit::WriterGone,
+                _ = io.store_failed.cancelled() => return Exit::Refused {
+                    code: reason::UNSPECIFIED_ERROR,
+                    why: "the store failed; a message could not be acknowledged".into(),
+                },
                 _ = keepalive => return Exit::KeepAlive,
                 read = rd.read_buf(buf) => match read {
                     Ok(0) => return Exit::Lost("peer closed the connection".into()),
@@ -509,49 +608,55 @@ impl Connection {
     }
 
     /// Handles one packet; returns why to stop, if it must.
-    async fn handle(
-        &mut self,
-        packet: Packet,
-        broker: &Arc<Broker>,
-        ctrl: &mpsc::Sender<Control>,
-    ) -> Option<Exit> {
+    async fn handle(&mut self, packet: Packet, broker: &Arc<Broker>, io: &Io<'_>) -> Option<Exit> {
+        let ctrl = io.ctrl;
         let reply = |p: Packet| Control::Packet(p);
         match packet {
-            Packet::Publish(p) => return self.on_publish(p, broker, ctrl).await,
-            Packet::PubAck(a) => {
-                if self.session.puback(a.packet_id).is_none() {
-                    debug!(packet_id = a.packet_id, "PUBACK for unknown packet id");
-                }
-            }
+            Packet::Publish(p) => return self.on_publish(p, broker, io).await,
+            Packet::PubAck(a) => match self.session.puback(a.packet_id) {
+                Some(done) if done.durable => broker.ack_durable(&self.session, &done).await,
+                Some(_) => {}
+                None => debug!(packet_id = a.packet_id, "PUBACK for unknown packet id"),
+            },
             Packet::PubRec(a) => {
                 let known = self.session.pubrec(a.packet_id);
                 let mut rel = PubResponse::success(a.packet_id);
                 if !known {
                     rel.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                // A PUBREC with an error code ends the flow: no PUBREL [MQTT-4.3.3-?].
+                // A PUBREC with an error code ends the flow: no PUBREL (MQTT 5 §4.3.3).
                 if a.reason >= 0x80 {
-                    self.session.pubcomp(a.packet_id);
+                    if let Some(done) = self.session.pubcomp(a.packet_id) {
+                        if done.durable {
+                            broker.ack_durable(&self.session, &done).await;
+                        }
+                    }
                 } else if ctrl.send(reply(Packet::PubRel(rel))).await.is_err() {
                     return Some(Exit::WriterGone);
                 }
             }
-            Packet::PubComp(a) => {
-                if self.session.pubcomp(a.packet_id).is_none() {
-                    debug!(packet_id = a.packet_id, "PUBCOMP for unknown packet id");
-                }
-            }
+            Packet::PubComp(a) => match self.session.pubcomp(a.packet_id) {
+                Some(done) if done.durable => broker.ack_durable(&self.session, &done).await,
+                Some(_) => {}
+                None => debug!(packet_id = a.packet_id, "PUBCOMP for unknown packet id"),
+            },
             Packet::PubRel(a) => {
                 let mut comp = PubResponse::success(a.packet_id);
                 if !self.session.release_inbound_qos2(a.packet_id) {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                } else if self.session.is_persisted() {
+                    let released = Record::Qos2Released {
+                        session: self.client_id.to_string(),
+                        packet_id: a.packet_id,
+                    };
+                    append_records(broker, vec![released]).await;
                 }
                 if ctrl.send(reply(Packet::PubComp(comp))).await.is_err() {
                     return Some(Exit::WriterGone);
                 }
             }
-            Packet::Subscribe(s) => return self.on_subscribe(s, broker, ctrl).await,
-            Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, ctrl).await,
+            Packet::Subscribe(s) => return self.on_subscribe(s, broker, io).await,
+            Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, io).await,
             Packet::PingReq => {
                 if ctrl.send(reply(Packet::PingResp)).await.is_err() {
                     return Some(Exit::WriterGone);
@@ -567,6 +672,9 @@ impl Connection {
                     }
                     self.expiry_secs = expiry;
                     self.session.set_expiry_secs(expiry);
+                    if self.session.is_persisted() && expiry != 0 {
+                        append_records(broker, vec![session_record(&self.session)]).await;
+                    }
                 }
                 return Some(Exit::Disconnect {
                     will: d.reason == reason::DISCONNECT_WITH_WILL,
@@ -592,7 +700,7 @@ impl Connection {
         &mut self,
         mut p: Publish,
         broker: &Arc<Broker>,
-        ctrl: &mpsc::Sender<Control>,
+        io: &Io<'_>,
     ) -> Option<Exit> {
         let limits = &broker.config.limits;
         metrics::counter!("sluice_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
@@ -613,7 +721,7 @@ impl Connection {
                     None => {
                         return Some(Exit::Refused {
                             code: reason::PROTOCOL_ERROR,
-                            why: format!("[MQTT-3.3.4-?] topic alias {alias} was never set"),
+                            why: format!("topic alias {alias} was never set (MQTT 5 §3.3.2.3.4)"),
                         })
                     }
                 }
@@ -627,15 +735,12 @@ impl Connection {
                 why: e.to_string(),
             });
         }
+        let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
             if !self.session.begin_inbound_qos2(p.packet_id) {
                 // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
                 let rec = Packet::PubRec(PubResponse::success(p.packet_id));
-                return ctrl
-                    .send(Control::Packet(rec))
-                    .await
-                    .err()
-                    .map(|_| Exit::WriterGone);
+                return queue_ack(io, Vec::new(), rec).await;
             }
             if self.session.inbound_qos2_count() > usize::from(limits.receive_maximum) {
                 return Some(Exit::Refused {
@@ -646,8 +751,16 @@ impl Connection {
                     ),
                 });
             }
+            if self.session.is_persistent() {
+                // Remembered across a restart, so a resent copy is not routed twice.
+                extra.push(Record::Qos2Received {
+                    session: self.client_id.to_string(),
+                    packet_id: p.packet_id,
+                });
+            }
         }
         let mut code = reason::SUCCESS;
+        let mut tickets = Vec::new();
         if p.topic.starts_with('$') {
             // `$` topics are the broker's ($SYS, $DLQ): clients may read, not write.
             warn!(topic = %p.topic, "PUBLISH to a reserved '$' topic refused");
@@ -668,9 +781,26 @@ impl Connection {
                 publisher: Arc::clone(&self.client_id),
                 received_at_ms: now,
             });
-            let matched = broker.publish(&message);
-            if matched == 0 {
-                code = reason::NO_MATCHING_SUBSCRIBERS;
+            match broker.accept(&message, extra).await {
+                Ok(accepted) => {
+                    if accepted.matched == 0 {
+                        code = reason::NO_MATCHING_SUBSCRIBERS;
+                    }
+                    tickets = accepted.tickets;
+                }
+                Err(e) => {
+                    warn!(error = %e, topic = %message.topic, "message not accepted: store unavailable");
+                    if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
+                        return Some(Exit::Refused {
+                            code: reason::UNSPECIFIED_ERROR,
+                            why: "the store failed; the message was not acknowledged".into(),
+                        });
+                    }
+                    code = match e {
+                        crate::store::StoreError::DiskFull => reason::QUOTA_EXCEEDED,
+                        _ => reason::UNSPECIFIED_ERROR,
+                    };
+                }
             }
         }
         let response = PubResponse {
@@ -678,6 +808,7 @@ impl Connection {
             ..PubResponse::success(p.packet_id)
         };
         let packet = match p.qos {
+            // A QoS 0 message needs no answer; a retained one is stored without waiting.
             QoS::AtMostOnce => return None,
             QoS::AtLeastOnce => Packet::PubAck(response),
             QoS::ExactlyOnce => {
@@ -688,18 +819,37 @@ impl Connection {
                 Packet::PubRec(response)
             }
         };
-        ctrl.send(Control::Packet(packet))
+        queue_ack(io, tickets, packet).await
+    }
+
+    /// Commits the session's state if it is persistent (before SUBACK/UNSUBACK).
+    async fn persist_session(&self, broker: &Arc<Broker>) -> Option<Exit> {
+        if !self.session.is_persistent() {
+            return None;
+        }
+        match broker
+            .store
+            .commit(vec![session_record(&self.session)])
             .await
-            .err()
-            .map(|_| Exit::WriterGone)
+        {
+            Ok(()) => {
+                self.session.set_persisted(true);
+                None
+            }
+            Err(e) => Some(Exit::Refused {
+                code: reason::UNSPECIFIED_ERROR,
+                why: format!("session state not stored: {e}"),
+            }),
+        }
     }
 
     async fn on_subscribe(
         &mut self,
         s: Subscribe,
         broker: &Arc<Broker>,
-        ctrl: &mpsc::Sender<Control>,
+        io: &Io<'_>,
     ) -> Option<Exit> {
+        let ctrl = io.ctrl;
         let limits = &broker.config.limits;
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
@@ -755,9 +905,14 @@ impl Connection {
                         retain: true,
                         subscription_ids: s.subscription_identifier.into_iter().collect(),
                         attempts: 0,
+                        durable: false,
                     });
                 }
             }
+        }
+        // A granted subscription of a persistent session survives a restart.
+        if let Some(exit) = self.persist_session(broker).await {
+            return Some(exit);
         }
         let ack = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
@@ -778,8 +933,9 @@ impl Connection {
         &mut self,
         u: Unsubscribe,
         broker: &Arc<Broker>,
-        ctrl: &mpsc::Sender<Control>,
+        io: &Io<'_>,
     ) -> Option<Exit> {
+        let ctrl = io.ctrl;
         let mut reasons = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
             let had = self.session.remove_subscription(f);
@@ -789,6 +945,9 @@ impl Connection {
             } else {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
+        }
+        if let Some(exit) = self.persist_session(broker).await {
+            return Some(exit);
         }
         let ack = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
@@ -803,281 +962,24 @@ impl Connection {
     }
 }
 
+/// Hands an ack to the acker, which sends it once `ticket` (if any) is durable, in the
+/// order PUBLISHes arrived.
+async fn queue_ack(
+    io: &Io<'_>,
+    tickets: Vec<crate::store::CommitTicket>,
+    packet: Packet,
+) -> Option<Exit> {
+    io.acks
+        .send(PendingAck { tickets, packet })
+        .await
+        .err()
+        .map(|_| Exit::WriterGone)
+}
+
 fn qos_label(q: QoS) -> &'static str {
     match q {
         QoS::AtMostOnce => "0",
         QoS::AtLeastOnce => "1",
         QoS::ExactlyOnce => "2",
-    }
-}
-
-/// Finds, creates or replaces the session for `client_id` and makes `conn_id` its owner.
-/// A connection already attached is kicked (takeover, [MQTT-3.1.4-3]).
-fn attach_session(
-    broker: &Arc<Broker>,
-    client_id: &Arc<str>,
-    clean_start: bool,
-    expiry_secs: u32,
-    conn_id: u64,
-    kick: oneshot::Sender<u8>,
-    link: LinkLimits,
-) -> (Arc<Session>, bool) {
-    let limits = &broker.config.limits;
-    if let Some(existing) = broker.sessions.get(client_id) {
-        if !clean_start && !existing.is_ended() {
-            if let Some(previous) = existing.attach(conn_id, kick, link, expiry_secs) {
-                let _ = previous.send(reason::SESSION_TAKEN_OVER);
-            }
-            return (existing, true);
-        }
-        // Clean start: the old session ends [MQTT-3.1.2-4].
-        if let Some(previous) = existing.take_owner_kick() {
-            let _ = previous.send(reason::SESSION_TAKEN_OVER);
-        }
-        discard_session(broker, &existing);
-    }
-    let session = Arc::new(Session::new(
-        Arc::clone(client_id),
-        expiry_secs,
-        QueueLimits {
-            max_messages: limits.max_queued_messages,
-            max_bytes: limits.max_queued_bytes,
-            queue_qos0_offline: broker.config.session.queue_qos0_offline,
-        },
-    ));
-    session.attach(conn_id, kick, link, expiry_secs);
-    if let Some(replaced) = broker.sessions.insert(Arc::clone(&session)) {
-        if !Arc::ptr_eq(&replaced, &session) && !replaced.is_ended() {
-            // Another CONNECT raced us; its session ends too.
-            if let Some(k) = replaced.take_owner_kick() {
-                let _ = k.send(reason::SESSION_TAKEN_OVER);
-            }
-            discard_session(broker, &replaced);
-        }
-    }
-    (session, false)
-}
-
-/// Ends a session: its subscriptions leave the router, its undelivered messages are
-/// reported.
-fn discard_session(broker: &Broker, session: &Arc<Session>) {
-    let left = session.end();
-    broker.router.remove_session(session);
-    for d in left {
-        if d.qos != QoS::AtMostOnce {
-            broker.undeliverable(session, d, "session_expired");
-        }
-    }
-}
-
-/// After the owner left: a session with expiry 0 ends now; otherwise it ends after its
-/// expiry interval unless a connection resumes it first.
-fn end_or_schedule_expiry(
-    broker: &Arc<Broker>,
-    session: &Arc<Session>,
-    generation: u64,
-    expiry: u32,
-) {
-    if expiry == 0 {
-        if broker.sessions.remove_if_same(session) {
-            discard_session(broker, session);
-        }
-        return;
-    }
-    if expiry == EXPIRY_NEVER {
-        return;
-    }
-    let broker = Arc::clone(broker);
-    let session = Arc::clone(session);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = broker.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
-                if session.generation() == generation && broker.sessions.remove_if_same(&session) {
-                    info!(client_id = %session.client_id, "session expired");
-                    discard_session(&broker, &session);
-                }
-            }
-        }
-    });
-}
-
-/// Publishes a will now, or after its v5 Will Delay Interval unless the session is
-/// resumed first or ends sooner [MQTT-3.1.3-9].
-fn publish_will(broker: &Arc<Broker>, session: &Arc<Session>, will: LastWill, expiry_secs: u32) {
-    let delay = will.delay_interval.unwrap_or(0).min(expiry_secs);
-    let publisher = Arc::clone(&session.client_id);
-    let make = move |broker: &Broker| {
-        let now = now_ms();
-        Arc::new(Message {
-            id: broker.next_message_id(),
-            expires_at_ms: will
-                .properties
-                .message_expiry_interval
-                .map(|s| now + u64::from(s) * 1000),
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            properties: will.properties,
-            publisher,
-            received_at_ms: now,
-        })
-    };
-    if delay == 0 {
-        let message = make(broker);
-        debug!(topic = %message.topic, "publishing will");
-        broker.publish(&message);
-        return;
-    }
-    let generation = session.generation() + 1; // the detach that follows bumps it
-    let broker = Arc::clone(broker);
-    let session = Arc::clone(session);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = broker.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
-                if session.generation() == generation {
-                    let message = make(&broker);
-                    debug!(topic = %message.topic, "publishing delayed will");
-                    broker.publish(&message);
-                }
-            }
-        }
-    });
-}
-
-/// The writer task: sends control packets in order, then the session's deliveries.
-async fn run_writer<W>(
-    mut wr: WriteHalf<W>,
-    session: Arc<Session>,
-    conn_id: u64,
-    version: ProtocolVersion,
-    mut ctrl: mpsc::Receiver<Control>,
-    done: CancellationToken,
-) where
-    W: AsyncWrite + Send + 'static,
-    WriteHalf<W>: Unpin,
-{
-    let mut out = BytesMut::with_capacity(READ_BUFFER);
-    let mut outgoing = Vec::new();
-    let mut dropped = Vec::new();
-    let mut next: Option<Control> = None;
-    let mut closing: Option<Option<Disconnect>> = None;
-    loop {
-        // Control packets first, in the order the reader queued them.
-        loop {
-            let item = match next.take() {
-                Some(c) => c,
-                None => match ctrl.try_recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                },
-            };
-            match item {
-                Control::Packet(p) => protocol::encode(&p, version, &mut out),
-                Control::Enqueue(deliveries) => {
-                    for d in deliveries {
-                        let _ = session.enqueue(d);
-                    }
-                }
-                Control::Close(d) => {
-                    closing = Some(d);
-                    break;
-                }
-            }
-        }
-        let mut full_batch = false;
-        if closing.is_none() {
-            session.take_deliveries(conn_id, WRITE_BATCH, &mut outgoing, &mut dropped, |d| {
-                protocol::publish_len(&outbound_publish(d, 1, false, version), version)
-            });
-            full_batch = outgoing.len() >= WRITE_BATCH;
-            for o in outgoing.drain(..) {
-                let packet = match o {
-                    Outgoing::Publish {
-                        delivery,
-                        packet_id,
-                        dup,
-                    } => {
-                        metrics::counter!("sluice_messages_sent_total", "qos" => qos_label(delivery.qos))
-                            .increment(1);
-                        Packet::Publish(outbound_publish(&delivery, packet_id, dup, version))
-                    }
-                    Outgoing::PubRel { packet_id } => {
-                        Packet::PubRel(PubResponse::success(packet_id))
-                    }
-                };
-                protocol::encode(&packet, version, &mut out);
-            }
-            for (d, why) in dropped.drain(..) {
-                metrics::counter!("sluice_messages_dropped_total", "reason" => why.label())
-                    .increment(1);
-                warn!(topic = %d.message.topic, reason = why.label(), "message not delivered");
-            }
-        }
-        if !out.is_empty() {
-            if let Err(e) = wr.write_all(&out).await {
-                debug!(error = %e, "write failed");
-                done.cancel();
-                return;
-            }
-            out.clear();
-            if out.capacity() > 64 * 1024 {
-                out = BytesMut::with_capacity(READ_BUFFER);
-            }
-        }
-        if let Some(disconnect) = closing.take() {
-            if let Some(d) = disconnect {
-                protocol::encode(&Packet::Disconnect(d), version, &mut out);
-                let _ = wr.write_all(&out).await;
-            }
-            let _ = wr.shutdown().await;
-            done.cancel();
-            return;
-        }
-        // A full batch means more may be waiting: the session only notifies on change.
-        if full_batch {
-            continue;
-        }
-        tokio::select! {
-            c = ctrl.recv() => match c {
-                Some(c) => next = Some(c),
-                None => {
-                    let _ = wr.shutdown().await;
-                    done.cancel();
-                    return;
-                }
-            },
-            _ = session.notified() => {}
-        }
-    }
-}
-
-/// The PUBLISH one subscriber receives for `delivery`.
-fn outbound_publish(d: &Delivery, packet_id: u16, dup: bool, version: ProtocolVersion) -> Publish {
-    let m = &d.message;
-    let mut properties = if version.is_v5() {
-        m.properties.clone()
-    } else {
-        Default::default()
-    };
-    if version.is_v5() {
-        properties.message_expiry_interval = m.remaining_expiry_secs(now_ms());
-    }
-    Publish {
-        dup,
-        qos: d.qos,
-        retain: d.retain,
-        topic: m.topic.clone(),
-        packet_id,
-        payload: m.payload.clone(),
-        properties,
-        topic_alias: None,
-        subscription_identifiers: if version.is_v5() {
-            d.subscription_ids.clone()
-        } else {
-            Vec::new()
-        },
     }
 }

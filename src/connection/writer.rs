@@ -1,0 +1,220 @@
+//! The two helper tasks of a connection.
+//!
+//! The writer owns the socket's write half: it sends, in order, the control packets the
+//! reader queued (CONNACK, acks, SUBACK, ...), then whatever the session queue holds
+//! within the inflight window, many packets per `write`. The acker turns each accepted
+//! QoS 1/2 PUBLISH into its PUBACK/PUBREC once the store has made it durable, in the
+//! order the PUBLISHes arrived [MQTT-4.6.0-2], so one publisher's messages share fsyncs
+//! instead of waiting for one each.
+
+use super::{qos_label, Control, READ_BUFFER};
+use crate::broker::Broker;
+use crate::dead_letter::DeadLetterReason;
+use crate::message::now_ms;
+use crate::protocol::{self, reason, Disconnect, Packet, ProtocolVersion, PubResponse, Publish};
+use crate::session::{Delivery, Outgoing, Session};
+use crate::store::{CommitTicket, StoreError};
+use bytes::BytesMut;
+use std::sync::Arc;
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Most packets the writer encodes before one `write`.
+const WRITE_BATCH: usize = 256;
+
+/// The writer task: sends control packets in order, then the session's deliveries.
+pub(super) async fn run_writer<W>(
+    mut wr: WriteHalf<W>,
+    session: Arc<Session>,
+    conn_id: u64,
+    version: ProtocolVersion,
+    mut ctrl: mpsc::Receiver<Control>,
+    done: CancellationToken,
+    broker: Arc<Broker>,
+) where
+    W: AsyncWrite + Send + 'static,
+    WriteHalf<W>: Unpin,
+{
+    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    let mut outgoing = Vec::new();
+    let mut dropped = Vec::new();
+    let mut next: Option<Control> = None;
+    let mut closing: Option<Option<Disconnect>> = None;
+    loop {
+        // Control packets first, in the order the reader queued them.
+        loop {
+            let item = match next.take() {
+                Some(c) => c,
+                None => match ctrl.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                },
+            };
+            match item {
+                Control::Packet(p) => protocol::encode(&p, version, &mut out),
+                Control::Enqueue(deliveries) => {
+                    for d in deliveries {
+                        for evicted in session.enqueue(d).evicted {
+                            broker
+                                .undeliverable(&session, evicted, DeadLetterReason::QueueFull)
+                                .await;
+                        }
+                    }
+                }
+                Control::Close(d) => {
+                    closing = Some(d);
+                    break;
+                }
+            }
+        }
+        let mut full_batch = false;
+        if closing.is_none() {
+            session.take_deliveries(conn_id, WRITE_BATCH, &mut outgoing, &mut dropped, |d| {
+                protocol::publish_len(&outbound_publish(d, 1, false, version), version)
+            });
+            full_batch = outgoing.len() >= WRITE_BATCH;
+            for o in outgoing.drain(..) {
+                let packet = match o {
+                    Outgoing::Publish {
+                        delivery,
+                        packet_id,
+                        dup,
+                    } => {
+                        metrics::counter!("sluice_messages_sent_total", "qos" => qos_label(delivery.qos))
+                            .increment(1);
+                        Packet::Publish(outbound_publish(&delivery, packet_id, dup, version))
+                    }
+                    Outgoing::PubRel { packet_id } => {
+                        Packet::PubRel(PubResponse::success(packet_id))
+                    }
+                };
+                protocol::encode(&packet, version, &mut out);
+            }
+            for (d, why) in dropped.drain(..) {
+                broker.undeliverable(&session, d, why).await;
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = wr.write_all(&out).await {
+                debug!(error = %e, "write failed");
+                done.cancel();
+                return;
+            }
+            out.clear();
+            if out.capacity() > 64 * 1024 {
+                out = BytesMut::with_capacity(READ_BUFFER);
+            }
+        }
+        if let Some(disconnect) = closing.take() {
+            if let Some(d) = disconnect {
+                protocol::encode(&Packet::Disconnect(d), version, &mut out);
+                let _ = wr.write_all(&out).await;
+            }
+            let _ = wr.shutdown().await;
+            done.cancel();
+            return;
+        }
+        // A full batch means more may be waiting: the session only notifies on change.
+        if full_batch {
+            continue;
+        }
+        tokio::select! {
+            c = ctrl.recv() => match c {
+                Some(c) => next = Some(c),
+                None => {
+                    let _ = wr.shutdown().await;
+                    done.cancel();
+                    return;
+                }
+            },
+            _ = session.notified() => {}
+        }
+    }
+}
+
+/// An accepted QoS 1/2 PUBLISH waiting for its acknowledgement.
+pub(super) struct PendingAck {
+    pub tickets: Vec<CommitTicket>,
+    /// PUBACK or PUBREC, success (or 0x10) as if the commit succeeds.
+    pub packet: Packet,
+}
+
+/// The acker task: waits for each commit in arrival order and forwards the ack to the
+/// writer. When the store fails, v5 clients get the ack with a failure reason (0x97
+/// quota exceeded for a full disk, 0x80 otherwise); 3.x clients cannot be told, so they
+/// get no ack and the connection closes (`failed` is cancelled).
+pub(super) async fn run_acker(
+    mut pending: mpsc::Receiver<PendingAck>,
+    ctrl: mpsc::Sender<Control>,
+    version: ProtocolVersion,
+    session: Arc<Session>,
+    failed: CancellationToken,
+) {
+    while let Some(PendingAck {
+        tickets,
+        mut packet,
+    }) = pending.recv().await
+    {
+        for ticket in tickets {
+            if let Err(e) = ticket.wait().await {
+                metrics::counter!("sluice_puback_failed_total").increment(1);
+                warn!(error = %e, "message not made durable; not acknowledging it as stored");
+                if !version.is_v5() {
+                    failed.cancel();
+                    return;
+                }
+                let code = match e {
+                    StoreError::DiskFull => reason::QUOTA_EXCEEDED,
+                    _ => reason::UNSPECIFIED_ERROR,
+                };
+                match &mut packet {
+                    Packet::PubAck(r) => r.reason = code,
+                    Packet::PubRec(r) => {
+                        r.reason = code;
+                        // The flow ends with a failed PUBREC: no PUBREL follows.
+                        session.release_inbound_qos2(r.packet_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if ctrl.send(Control::Packet(packet)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The PUBLISH one subscriber receives for `delivery`.
+pub(super) fn outbound_publish(
+    d: &Delivery,
+    packet_id: u16,
+    dup: bool,
+    version: ProtocolVersion,
+) -> Publish {
+    let m = &d.message;
+    let mut properties = if version.is_v5() {
+        m.properties.clone()
+    } else {
+        Default::default()
+    };
+    if version.is_v5() {
+        properties.message_expiry_interval = m.remaining_expiry_secs(now_ms());
+    }
+    Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: m.topic.clone(),
+        packet_id,
+        payload: m.payload.clone(),
+        properties,
+        topic_alias: None,
+        subscription_identifiers: if version.is_v5() {
+            d.subscription_ids.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}
