@@ -132,7 +132,7 @@ async fn sigterm_disconnects_v5_clients_with_0x8b_and_exits_0() {
     let mut broker = Broker::start();
     // The signal handlers are installed after the ready line (see
     // `sigterm_right_after_the_ready_line_exits_0`); wait for the log line that follows.
-    broker.wait_for_log("sluice is ready", Duration::from_secs(10));
+    broker.wait_ready_logged();
     let (mut c5, _) = RawClient::handshake(broker.port(), &Connect::v5("term5")).await;
     let (mut c3, _) = RawClient::handshake(broker.port(), &Connect::v311("term3")).await;
     broker.signal("TERM");
@@ -174,7 +174,7 @@ async fn sigterm_right_after_the_ready_line_exits_0() {
 #[tokio::test]
 async fn sigint_exits_0() {
     let mut broker = Broker::start();
-    broker.wait_for_log("sluice is ready", Duration::from_secs(10));
+    broker.wait_ready_logged();
     let (mut c, _) = RawClient::handshake(broker.port(), &Connect::v311("int")).await;
     broker.signal("INT");
     c.expect_closed().await;
@@ -187,7 +187,7 @@ async fn sigint_exits_0() {
 #[tokio::test]
 async fn idle_broker_terminates_promptly() {
     let mut broker = Broker::start();
-    broker.wait_for_log("sluice is ready", Duration::from_secs(10));
+    broker.wait_ready_logged();
     let started = Instant::now();
     let status = broker.terminate();
     assert!(status.success(), "{status:?}");

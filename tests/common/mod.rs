@@ -27,6 +27,9 @@ pub struct Broker {
     addr: SocketAddr,
     dir: tempfile::TempDir,
     stderr_path: PathBuf,
+    extra: Vec<String>,
+    /// Processes started so far (restarts included).
+    launches: usize,
 }
 
 impl Broker {
@@ -44,22 +47,42 @@ impl Broker {
     /// Starts a broker; `toml` becomes `--config`, `extra` are more arguments.
     pub fn spawn(toml: Option<&str>, extra: &[&str]) -> Broker {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let data_dir = dir.path().join("data");
         let stderr_path = dir.path().join("sluice.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        if let Some(toml) = toml {
+            std::fs::write(dir.path().join("sluice.toml"), toml).expect("write config");
+        }
+        let mut broker = Broker {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            stderr_path,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            launches: 0,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// Spawns the process on this broker's data dir and config and waits for its ready
+    /// line. Its stderr is appended to the same log file across restarts.
+    fn launch(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(self.data_dir())
             .arg("--metrics-listen")
             .arg("127.0.0.1:0");
-        if let Some(toml) = toml {
-            let path = dir.path().join("sluice.toml");
-            std::fs::write(&path, toml).expect("write config");
-            cmd.arg("--config").arg(path);
+        let config = self.dir.path().join("sluice.toml");
+        if config.exists() {
+            cmd.arg("--config").arg(config);
         }
-        cmd.args(extra)
+        cmd.args(&self.extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
@@ -79,33 +102,46 @@ impl Broker {
                 }
             }
         });
-        let mut broker = Broker {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir,
-            stderr_path,
-        };
+        self.child = Some(child);
+        self.launches += 1;
         match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) => match parse_ready_line(&line) {
-                Some(addr) => broker.addr = addr,
+                Some(addr) => self.addr = addr,
                 None => panic!(
                     "unexpected first stdout line {line:?}\n--- sluice stderr ---\n{}",
-                    broker.stderr_tail()
+                    self.stderr_tail()
                 ),
             },
             Err(e) => {
-                let status = broker
+                let status = self
                     .child
                     .as_mut()
                     .and_then(|c| c.try_wait().ok().flatten());
                 panic!(
                     "sluice printed no ready line within {READY_TIMEOUT:?} ({e}); exit status {status:?}\n\
                      --- sluice stderr ---\n{}",
-                    broker.stderr_tail()
+                    self.stderr_tail()
                 );
             }
         }
-        broker
+    }
+
+    /// SIGKILLs the broker (a crash) and starts it again on the same data dir and config.
+    /// The port changes.
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Stops the broker with SIGTERM (asserting exit 0) and starts it again.
+    pub fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "exit status {status:?}\n{}",
+            self.stderr_tail()
+        );
+        self.launch();
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -163,7 +199,12 @@ impl Broker {
     }
 
     /// SIGTERM, then waits (at most 15 s) for the exit status; panics if it does not exit.
+    ///
+    /// Waits first for the "sluice is ready" log line that follows the ready line on
+    /// stdout: the broker installs its signal handlers only after printing the ready line
+    /// (see cli.rs `sigterm_right_after_the_ready_line_exits_0`).
     pub fn terminate(&mut self) -> ExitStatus {
+        self.wait_ready_logged();
         self.signal("TERM");
         match self.wait_exit(Duration::from_secs(15)) {
             Some(status) => status,
@@ -171,6 +212,17 @@ impl Broker {
                 "sluice did not exit within 15 s of SIGTERM\n--- sluice stderr ---\n{}",
                 self.stderr_tail()
             ),
+        }
+    }
+
+    /// Waits (bounded) until the current process has logged "sluice is ready".
+    pub fn wait_ready_logged(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stderr().matches("sluice is ready").count() < self.launches {
+            if Instant::now() >= deadline {
+                panic!("\"sluice is ready\" not logged\n{}", self.stderr_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
