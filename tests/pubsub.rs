@@ -337,3 +337,31 @@ async fn mqtt_3_1_raw_client_round_trip() {
     }
     assert!(seen_ack && seen_pub);
 }
+
+/// The broker's own `$` traffic (dead letters on `$DLQ/...`) is visible to a `$DLQ/#`
+/// subscription but never to a filter starting with a wildcard [MQTT-4.7.2-1].
+#[tokio::test]
+async fn broker_dollar_topics_reach_only_explicit_dollar_filters() {
+    let broker = Broker::start();
+    let port = broker.port();
+    let mut dlq = v4::connect(port, "dollar-dlq").await;
+    dlq.subscribe("$DLQ/#", v4::QoS::AtLeastOnce).await;
+    let mut wild = v4::connect(port, "dollar-wild").await;
+    for f in ["+/+/+/+", "+/+/+", "+/+/+/+/+"] {
+        wild.subscribe(f, v4::QoS::AtLeastOnce).await;
+    }
+    let mut publ = v4::connect(port, "dollar-src").await;
+    // No subscriber: a QoS 1 message becomes a dead letter.
+    publ.publish("nobody/here", v4::QoS::AtLeastOnce, false, "lost")
+        .await;
+    let dead = dlq.recv().await;
+    assert!(dead.topic.starts_with("$DLQ/"), "{dead:?}");
+    // Then a marker the wildcard subscriber must get first.
+    publ.publish("m/a/r/k", v4::QoS::AtLeastOnce, false, "marker")
+        .await;
+    let got = wild.recv().await;
+    assert_eq!(
+        got.topic, "m/a/r/k",
+        "a $ topic matched a leading wildcard: {got:?}"
+    );
+}
