@@ -172,14 +172,25 @@ impl Broker {
         }
     }
 
-    /// Sends `signal` (e.g. "TERM", "INT") to the broker.
+    /// Sends `signal` ("TERM", "INT", "KILL", ...) to the broker.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        let sig = match signal {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "KILL" => libc::SIGKILL,
+            "HUP" => libc::SIGHUP,
+            other => panic!("unknown signal {other}"),
+        };
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child,
+        // not yet reaped (self.child is Some), so it cannot have been reused.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill -{signal} {pid}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Waits up to `timeout` for the broker to exit by itself.
