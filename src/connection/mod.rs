@@ -642,18 +642,29 @@ impl Connection {
             },
             Packet::PubRel(a) => {
                 let mut comp = PubResponse::success(a.packet_id);
+                let mut tickets = Vec::new();
                 if !self.session.release_inbound_qos2(a.packet_id) {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                 } else if self.session.is_persisted() {
+                    // PUBCOMP frees the packet id for the client's next message, so the
+                    // release must be durable first: a restart that still remembered
+                    // the id would take the next message with that id for a resend and
+                    // drop it.
                     let released = Record::Qos2Released {
                         session: self.client_id.to_string(),
                         packet_id: a.packet_id,
                     };
-                    append_records(broker, vec![released]).await;
+                    match broker.store.submit(vec![released]).await {
+                        Ok(t) => tickets.push(t),
+                        Err(e) => {
+                            return Some(Exit::Refused {
+                                code: reason::UNSPECIFIED_ERROR,
+                                why: format!("QoS 2 release not stored: {e}"),
+                            })
+                        }
+                    }
                 }
-                if ctrl.send(reply(Packet::PubComp(comp))).await.is_err() {
-                    return Some(Exit::WriterGone);
-                }
+                return queue_ack(io, tickets, Packet::PubComp(comp)).await;
             }
             Packet::Subscribe(s) => return self.on_subscribe(s, broker, io).await,
             Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, io).await,
@@ -737,12 +748,14 @@ impl Connection {
         }
         let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
-            if !self.session.begin_inbound_qos2(p.packet_id) {
+            if self.session.is_awaiting_release(p.packet_id) {
                 // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
                 let rec = Packet::PubRec(PubResponse::success(p.packet_id));
                 return queue_ack(io, Vec::new(), rec).await;
             }
-            if self.session.inbound_qos2_count() > usize::from(limits.receive_maximum) {
+            // Checked before the id is remembered, so a refused message's resend is
+            // routed rather than mistaken for a duplicate.
+            if self.session.inbound_qos2_count() >= usize::from(limits.receive_maximum) {
                 return Some(Exit::Refused {
                     code: reason::RECEIVE_MAXIMUM_EXCEEDED,
                     why: format!(
@@ -751,6 +764,7 @@ impl Connection {
                     ),
                 });
             }
+            self.session.begin_inbound_qos2(p.packet_id);
             if self.session.is_persistent() {
                 // Remembered across a restart, so a resent copy is not routed twice.
                 extra.push(Record::Qos2Received {

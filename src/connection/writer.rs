@@ -161,7 +161,9 @@ pub(super) async fn run_acker(
             if let Err(e) = ticket.wait().await {
                 metrics::counter!("sluice_puback_failed_total").increment(1);
                 warn!(error = %e, "message not made durable; not acknowledging it as stored");
-                if !version.is_v5() {
+                // 3.x acks carry no reason, and a PUBCOMP cannot report a failure: the
+                // connection closes without the ack instead.
+                if !version.is_v5() || matches!(packet, Packet::PubComp(_)) {
                     failed.cancel();
                     return;
                 }

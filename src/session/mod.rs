@@ -529,6 +529,10 @@ impl Session {
         self.state.lock().awaiting_rel.insert(packet_id)
     }
 
+    pub fn is_awaiting_release(&self, packet_id: u16) -> bool {
+        self.state.lock().awaiting_rel.contains(&packet_id)
+    }
+
     pub fn inbound_qos2_count(&self) -> usize {
         self.state.lock().awaiting_rel.len()
     }
