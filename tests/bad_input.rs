@@ -1,0 +1,566 @@
+//! Malformed and forbidden input, one case per test, over raw TCP. Each test asserts the
+//! broker's answer (a CONNACK code, a v5 DISCONNECT reason, or a plain close) and that
+//! another client can still connect and publish afterwards.
+
+mod common;
+
+use common::packet::{self, packet, Connect, Pkt, Prop, Will};
+use common::raw::RawClient;
+use common::{assert_broker_works, Broker};
+
+const MALFORMED: u8 = 0x81;
+const PROTOCOL_ERROR: u8 = 0x82;
+
+/// The broker closes the connection, sending nothing first.
+async fn expect_silent_close(c: &mut RawClient) {
+    let got = c.expect_closed().await;
+    assert!(
+        got.is_empty(),
+        "expected a close and nothing else, got {got:?}"
+    );
+}
+
+/// The broker refuses a CONNECT: a close, optionally after a CONNACK with a failure code
+/// (never a successful one).
+async fn expect_connect_refused(c: &mut RawClient) {
+    let got = c.expect_closed().await;
+    for p in &got {
+        assert_eq!(
+            p.kind(),
+            packet::CONNACK,
+            "only a CONNACK may precede the close: {got:?}"
+        );
+        assert_ne!(p.connack().1, 0, "the bad CONNECT was accepted: {got:?}");
+    }
+    assert!(got.len() <= 1, "{got:?}");
+}
+
+/// A v5 connection ends with exactly one DISCONNECT whose reason is in `codes`, then a close.
+async fn expect_v5_disconnect(c: &mut RawClient, codes: &[u8]) -> Pkt {
+    let got = c.expect_closed().await;
+    assert_eq!(
+        got.len(),
+        1,
+        "expected one DISCONNECT then a close, got {got:?}"
+    );
+    let d = got[0].clone();
+    assert_eq!(d.first, 0xe0, "expected DISCONNECT, got {d:?}");
+    assert!(
+        !d.body.is_empty(),
+        "a v5 DISCONNECT for an error carries a reason: {d:?}"
+    );
+    assert!(
+        codes.contains(&d.reason()),
+        "DISCONNECT reason {:#04x} not in {codes:02x?}",
+        d.reason()
+    );
+    d
+}
+
+async fn v311(b: &Broker) -> RawClient {
+    RawClient::v311(b.port(), "bad").await
+}
+
+async fn v5(b: &Broker) -> RawClient {
+    RawClient::v5(b.port(), "bad5").await
+}
+
+// ------------------------------------------------------------- fixed header
+
+#[tokio::test]
+async fn reserved_packet_type_0_closes_311() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&[0x00, 0x00]).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn reserved_packet_type_0_gets_v5_disconnect() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    c.send(&[0x00, 0x00]).await;
+    expect_v5_disconnect(&mut c, &[MALFORMED, PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn packet_type_15_is_reserved_in_311() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&[0xf0, 0x00]).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn subscribe_with_wrong_fixed_header_flags_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    let mut sub = packet::subscribe(false, 1, &[], &[("a/b", 0)]);
+    sub[0] = 0x80; // flags must be 0010
+    c.send(&sub).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn remaining_length_of_five_bytes_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn publish_with_qos_3_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    let mut p = packet::publish(false, "a/b", 1, false, 1, &[], b"x");
+    p[0] = 0x36;
+    c.send(&p).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- CONNECT
+
+#[tokio::test]
+async fn first_packet_not_connect_closes() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    c.send(&packet::PINGREQ).await;
+    expect_silent_close(&mut c).await;
+    let mut c = RawClient::connect(b.port()).await;
+    c.send(&packet::publish(false, "a/b", 0, false, 0, &[], b"x"))
+        .await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn second_connect_closes_311() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&Connect::v311("bad").build()).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn second_connect_gets_v5_protocol_error() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    c.send(&Connect::v5("bad5").build()).await;
+    expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn unknown_protocol_name_is_refused() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    let mut connect = Connect::v311("c").build();
+    // 10 0d 00 04 'M' 'Q' 'T' 'T' ...: make it "MQTX".
+    assert_eq!(&connect[4..8], b"MQTT");
+    connect[7] = b'X';
+    c.send(&connect).await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn unknown_protocol_level_gets_connack_1() {
+    let b = Broker::start();
+    for level in [6u8, 2, 7] {
+        let mut c = RawClient::connect(b.port()).await;
+        let connect = Connect {
+            level,
+            ..Connect::v311("c")
+        };
+        c.send(&connect.build()).await;
+        let got = c.expect_closed().await;
+        let want = Pkt {
+            first: 0x20,
+            body: vec![0x00, 0x01],
+        };
+        assert_eq!(
+            got,
+            vec![want],
+            "level {level}: 3.1.1-format CONNACK 20 02 00 01"
+        );
+    }
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn reserved_connect_flag_is_refused() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    let connect = Connect::v311("c");
+    c.send(&connect.build_with_flags(connect.flags() | 0x01))
+        .await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn will_qos_without_will_flag_is_refused() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    let connect = Connect::v311("c");
+    c.send(&connect.build_with_flags(0x02 | 0x08)).await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn will_retain_without_will_flag_is_refused() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    let connect = Connect::v311("c");
+    c.send(&connect.build_with_flags(0x02 | 0x20)).await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn password_without_username_is_refused_in_311() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    let connect = Connect {
+        password: Some(b"secret".to_vec()),
+        ..Connect::v311("c")
+    };
+    assert_eq!(connect.flags(), 0x42);
+    c.send(&connect.build()).await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_client_id_is_refused() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    let connect = Connect {
+        client_id: vec![b'c', 0xc3, 0x28],
+        ..Connect::v311("")
+    };
+    c.send(&connect.build()).await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn v5_duplicate_property_in_connect_is_refused() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    let connect = Connect::v5("dup")
+        .prop(Prop::U32(packet::SESSION_EXPIRY, 10))
+        .prop(Prop::U32(packet::SESSION_EXPIRY, 20));
+    c.send(&connect.build()).await;
+    let got = c.expect_closed().await;
+    assert!(got.len() <= 1, "{got:?}");
+    if let Some(p) = got.first() {
+        assert_eq!(p.kind(), packet::CONNACK, "{got:?}");
+        let code = p.connack().1;
+        assert!(
+            [MALFORMED, PROTOCOL_ERROR].contains(&code),
+            "CONNACK reason {code:#04x}, expected 0x81 or 0x82"
+        );
+    }
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn will_topic_with_wildcard_is_refused() {
+    let b = Broker::start();
+    let mut c = RawClient::connect(b.port()).await;
+    c.send(&Connect::v311("c").will(Will::new("a/#", b"x")).build())
+        .await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- PUBLISH
+
+#[tokio::test]
+async fn invalid_utf8_topic_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet::publish(
+        false,
+        [b'a', 0xff, 0xfe],
+        0,
+        false,
+        0,
+        &[],
+        b"x",
+    ))
+    .await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn nul_character_in_topic_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet::publish(false, "a/\0/b", 0, false, 0, &[], b"x"))
+        .await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn plus_wildcard_in_publish_topic_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet::publish(false, "a/+/b", 1, false, 1, &[], b"x"))
+        .await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn hash_wildcard_in_publish_topic_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet::publish(false, "a/#", 0, false, 0, &[], b"x"))
+        .await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn wildcard_in_publish_topic_gets_v5_disconnect() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    c.send(&packet::publish(true, "a/#", 1, false, 1, &[], b"x"))
+        .await;
+    expect_v5_disconnect(&mut c, &[MALFORMED, PROTOCOL_ERROR, 0x90]).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn empty_publish_topic_closes_311() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet::publish(false, "", 1, false, 1, &[], b"x"))
+        .await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn empty_publish_topic_without_alias_gets_v5_disconnect() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    c.send(&packet::publish(true, "", 1, false, 1, &[], b"x"))
+        .await;
+    expect_v5_disconnect(&mut c, &[MALFORMED, PROTOCOL_ERROR, 0x90]).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn qos1_publish_with_packet_id_0_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet::publish(false, "a/b", 1, false, 0, &[], b"x"))
+        .await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- SUBSCRIBE
+
+#[tokio::test]
+async fn subscribe_with_no_filters_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet(0x82, &[0x00, 0x01])).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn invalid_filter_gets_suback_0x80_and_connection_stays_open_311() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&packet::subscribe(
+        false,
+        5,
+        &[],
+        &[("ok/t", 1), ("a/#/b", 1), ("a+/b", 0)],
+    ))
+    .await;
+    let ack = c.expect(packet::SUBACK, "SUBACK").await;
+    assert_eq!(ack.packet_id(), 5);
+    assert_eq!(ack.suback_codes(false), vec![0x01, 0x80, 0x80]);
+    c.ping().await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn invalid_filter_gets_suback_0x8f_and_connection_stays_open_v5() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    c.send(&packet::subscribe(
+        true,
+        6,
+        &[],
+        &[("ok/t", 1), ("a/#/b", 1)],
+    ))
+    .await;
+    let ack = c.expect(packet::SUBACK, "SUBACK").await;
+    assert_eq!(ack.packet_id(), 6);
+    assert_eq!(ack.suback_codes(true), vec![0x01, 0x8f]);
+    c.ping().await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- server-only packets
+
+#[tokio::test]
+async fn connack_from_client_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&[0x20, 0x02, 0x00, 0x00]).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn suback_from_client_closes() {
+    let b = Broker::start();
+    let mut c = v311(&b).await;
+    c.send(&[0x90, 0x03, 0x00, 0x01, 0x00]).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn suback_from_v5_client_gets_disconnect() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    c.send(&[0x90, 0x04, 0x00, 0x01, 0x00, 0x00]).await;
+    expect_v5_disconnect(&mut c, &[MALFORMED, PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- v5 topic aliases
+
+#[tokio::test]
+async fn v5_topic_alias_0_gets_disconnect_0x94() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    let p = packet::publish(
+        true,
+        "ta/t",
+        0,
+        false,
+        0,
+        &[Prop::U16(packet::TOPIC_ALIAS, 0)],
+        b"x",
+    );
+    c.send(&p).await;
+    expect_v5_disconnect(&mut c, &[0x94]).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn v5_topic_alias_above_maximum_gets_disconnect_0x94() {
+    let b = Broker::start_with_config("[limits]\ntopic_alias_maximum = 5\n");
+    let (mut c, ack) = RawClient::handshake(b.port(), &Connect::v5("alias")).await;
+    assert!(
+        ack.connack_props()
+            .contains(&Prop::U16(packet::TOPIC_ALIAS_MAXIMUM, 5)),
+        "CONNACK announces Topic Alias Maximum 5: {:?}",
+        ack.connack_props()
+    );
+    // Alias 5 is fine...
+    let ok = packet::publish(
+        true,
+        "ta/t",
+        1,
+        false,
+        1,
+        &[Prop::U16(packet::TOPIC_ALIAS, 5)],
+        b"x",
+    );
+    c.send(&ok).await;
+    let ack = c.expect(packet::PUBACK, "PUBACK").await;
+    assert!(ack.reason() < 0x80, "{ack:?}");
+    // ...6 is not.
+    let bad = packet::publish(
+        true,
+        "ta/t",
+        1,
+        false,
+        2,
+        &[Prop::U16(packet::TOPIC_ALIAS, 6)],
+        b"x",
+    );
+    c.send(&bad).await;
+    expect_v5_disconnect(&mut c, &[0x94]).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn v5_unknown_topic_alias_gets_protocol_error() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    let p = packet::publish(
+        true,
+        "",
+        0,
+        false,
+        0,
+        &[Prop::U16(packet::TOPIC_ALIAS, 3)],
+        b"x",
+    );
+    c.send(&p).await;
+    expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- packet size
+
+/// A PUBLISH declaring ~256 MiB is refused from its fixed header alone, without the
+/// broker waiting for (or buffering) the body.
+#[tokio::test]
+async fn oversized_packet_is_refused_from_its_header_v5() {
+    let b = Broker::start_with_config("[limits]\nmax_packet_size = 1048576\n");
+    let mut c = v5(&b).await;
+    c.send(&[0x30, 0xff, 0xff, 0xff, 0x7f]).await;
+    let got = c.expect_closed().await;
+    for p in &got {
+        assert_eq!(
+            (p.first, p.reason()),
+            (0xe0, 0x95),
+            "only DISCONNECT 0x95 may precede the close: {got:?}"
+        );
+    }
+    assert!(got.len() <= 1, "{got:?}");
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn oversized_packet_is_refused_from_its_header_311() {
+    let b = Broker::start_with_config("[limits]\nmax_packet_size = 1048576\n");
+    let mut c = v311(&b).await;
+    c.send(&[0x30, 0xff, 0xff, 0xff, 0x7f]).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+#[tokio::test]
+async fn oversized_connect_is_refused_from_its_header() {
+    let b = Broker::start_with_config("[limits]\nmax_packet_size = 1048576\n");
+    let mut c = RawClient::connect(b.port()).await;
+    c.send(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await;
+    expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
