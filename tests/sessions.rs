@@ -198,7 +198,6 @@ async fn v5_disconnect_can_change_session_expiry() {
 /// A client that has seen its connection closed and reconnects at once must not find a
 /// session whose expiry was 0 [MQTT-3.1.2-23]: CONNACK Session Present must be 0.
 #[tokio::test]
-#[ignore = "broker bug: the socket is closed before the session is detached and ended, so an immediate reconnect (clean start 0) resumes a session with expiry 0 and gets Session Present 1"]
 async fn session_with_expiry_0_is_gone_once_the_connection_is_closed() {
     let broker = Broker::start();
     let port = broker.port();
