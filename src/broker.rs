@@ -32,11 +32,11 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store")]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error("cannot load the password or ACL file")]
     Auth(#[from] crate::auth::AuthError),
-    #[error("{0}")]
+    #[error("cannot set up TLS")]
     Tls(#[from] crate::listener::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {

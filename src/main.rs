@@ -7,7 +7,7 @@ use sluice::broker::Broker;
 use sluice::config::{Config, ListenerConfig, ListenerKind, DEFAULT_CONFIG_TOML};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// sluice: an MQTT 3.1/3.1.1/5.0 broker whose acknowledged QoS 1 messages are never lost.
@@ -19,14 +19,14 @@ use std::process::ExitCode;
 #[command(name = "sluice", version, about, long_about)]
 struct Cli {
     /// TOML config file (see `sluice config` for every option and its default).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Plain MQTT listener address, replacing the config's listeners; repeatable; port 0
     /// picks a free port.
     #[arg(long, value_name = "HOST:PORT")]
     listen: Vec<SocketAddr>,
     /// Directory for the durable log.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Prometheus metrics address (port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT")]
@@ -51,6 +51,32 @@ struct Cli {
 enum Command {
     /// Print the commented default configuration file.
     Config,
+    /// Inspect or repair the durable log in the data dir (the broker must be stopped).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+    /// Add or update USER in a mosquitto-format password file (PBKDF2-SHA512, `$7$`,
+    /// readable by mosquitto too). The password is read from --password or from the
+    /// first line of standard input.
+    Passwd {
+        /// The password file; created if missing.
+        file: PathBuf,
+        user: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreAction {
+    /// Read the whole log and report on it; corruption is reported with file and offset.
+    Check {
+        /// Cut the log at its first corrupt record (and drop later segments) so the
+        /// broker can start with the longest valid prefix. What follows the cut is lost.
+        #[arg(long)]
+        salvage: bool,
+    },
 }
 
 /// Exit code for a bad configuration (EX_CONFIG is 78; sysexits' EX_USAGE, 64, is what
@@ -63,6 +89,14 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Passwd {
+        file,
+        user,
+        password,
+    }) = &cli.command
+    {
+        return report(passwd(file, user, password.as_deref()));
+    }
     init_logging();
     let config = match load_config(&cli) {
         Ok(c) => c,
@@ -71,6 +105,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(Command::Store {
+        action: StoreAction::Check { salvage },
+    }) = cli.command
+    {
+        return report(store_check(&config.data_dir, salvage));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +127,91 @@ fn main() -> ExitCode {
             eprintln!("sluice: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd(file: &Path, user: &str, password: Option<&str>) -> anyhow::Result<()> {
+    let password = match password {
+        Some(p) => p.to_owned(),
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    anyhow::ensure!(!password.is_empty(), "refusing an empty password");
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    let updated = sluice::auth::upsert_password_line(&text, user, password.as_bytes())?;
+    write_private(file, updated.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    println!("{user} written to {}", file.display());
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn store_check(dir: &Path, salvage: bool) -> anyhow::Result<()> {
+    let _lock = sluice::store::lock_dir(dir).context("the store must not be in use")?;
+    if salvage {
+        let r = sluice::store::salvage(dir).context("salvage failed")?;
+        match &r.truncated_at {
+            Some((file, offset)) => println!(
+                "cut {} at offset {offset}: {}; removed {} later segment(s); {} bytes dropped; {} records kept",
+                file.display(),
+                r.why.as_deref().unwrap_or("corrupt record"),
+                r.removed_segments.len(),
+                r.bytes_dropped,
+                r.records_kept
+            ),
+            None => println!("nothing to salvage: {} records, all valid", r.records_kept),
+        }
+        return Ok(());
+    }
+    match sluice::store::check(dir) {
+        Ok(r) => {
+            println!(
+                "ok: {} segment(s), {} records, {} bytes ({} live); {} session(s), {} queued message(s), {} retained",
+                r.segments, r.records, r.bytes, r.live_bytes, r.sessions, r.queued_entries, r.retained
+            );
+            if let Some((file, offset)) = r.torn_tail {
+                println!(
+                    "torn tail in {} at offset {offset}: start-up will truncate it",
+                    file.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("the log is corrupt; `sluice store check --salvage` cuts it at the damage")),
     }
 }
 

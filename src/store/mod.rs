@@ -233,6 +233,8 @@ pub enum StoreError {
     DiskFull,
     #[error("store is closed")]
     Closed,
+    #[error("{} is locked by another process (is another sluice using this data dir?)", path.display())]
+    Locked { path: PathBuf },
     #[error("invalid batch: {0}")]
     Invalid(String),
 }
@@ -258,6 +260,28 @@ pub struct Store {
     tx: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// Takes an exclusive lock on `dir/LOCK`, so a second broker on the same directory is
+/// refused instead of interleaving its writes with ours.
+pub fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io { path, source }),
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -295,6 +319,7 @@ impl Store {
                 })?;
             }
         }
+        let lock = lock_dir(&config.dir)?;
         let replayed = recovery::replay(&config.dir, &fs)?;
         let shared = Arc::new(Shared::default());
         shared
@@ -305,7 +330,12 @@ impl Store {
         let writer = Writer::start(&config, fs, replayed, shared.clone())?;
         let thread = std::thread::Builder::new()
             .name("sluice-store".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                writer.run(rx);
+                // The directory stays locked until the writer is gone: after shutdown,
+                // or once every handle has been dropped.
+                drop(lock);
+            })
             .map_err(|source| StoreError::Io {
                 path: config.dir.clone(),
                 source,

@@ -582,5 +582,6 @@ fn clone_err(e: &StoreError) -> StoreError {
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         StoreError::Poisoned => StoreError::Poisoned,
+        StoreError::Locked { path } => StoreError::Locked { path: path.clone() },
     }
 }
