@@ -160,17 +160,42 @@ pub fn schedule_expiry(broker: &Arc<Broker>, session: &Arc<Session>, generation:
     if expiry == EXPIRY_NEVER || expiry == 0 {
         return;
     }
+    after_delay(
+        broker,
+        session,
+        generation,
+        expiry,
+        |broker, session| async move {
+            if broker.sessions.remove_if_same(&session) {
+                info!(client_id = %session.client_id, "session expired");
+                let discarded = discard_session(&broker, &session);
+                append_records(&broker, discarded.record.iter().cloned().collect()).await;
+                finish_discard(&broker, vec![discarded]).await;
+            }
+        },
+    );
+}
+
+/// Runs `work` after `secs` seconds if the session has not been attached or detached
+/// meanwhile (its generation is unchanged) and the broker is not shutting down.
+fn after_delay<F, Fut>(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    generation: u64,
+    secs: u32,
+    work: F,
+) where
+    F: FnOnce(Arc<Broker>, Arc<Session>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let broker = Arc::clone(broker);
     let session = Arc::clone(session);
     tokio::spawn(async move {
         tokio::select! {
             _ = broker.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
-                if session.generation() == generation && broker.sessions.remove_if_same(&session) {
-                    info!(client_id = %session.client_id, "session expired");
-                    let discarded = discard_session(&broker, &session);
-                    append_records(&broker, discarded.record.iter().cloned().collect()).await;
-                    finish_discard(&broker, vec![discarded]).await;
+            _ = tokio::time::sleep(Duration::from_secs(u64::from(secs))) => {
+                if session.generation() == generation {
+                    work(broker, session).await;
                 }
             }
         }
@@ -196,18 +221,15 @@ pub(super) async fn publish_will(
         // Taken over: the session lives on, so a delayed will is never due.
         return;
     };
-    let broker = Arc::clone(broker);
-    let session = Arc::clone(session);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = broker.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
-                if session.generation() == generation {
-                    send_will(&broker, Arc::clone(&session.client_id), will).await;
-                }
-            }
-        }
-    });
+    after_delay(
+        broker,
+        session,
+        generation,
+        delay,
+        |broker, session| async move {
+            send_will(&broker, Arc::clone(&session.client_id), will).await;
+        },
+    );
 }
 
 async fn send_will(broker: &Broker, publisher: Arc<str>, will: LastWill) {

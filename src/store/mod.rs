@@ -353,16 +353,7 @@ impl Store {
     /// Writes `records` as one batch; returns once durable per the policy. Dropping the
     /// future is safe: the batch may or may not be written, the writer is unaffected.
     pub async fn commit(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        self.check_poisoned()?;
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Batch {
-                records,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
+        self.submit(records).await?.wait().await
     }
 
     /// Queues `records` as one batch and returns a ticket that resolves once the batch
