@@ -12,7 +12,9 @@ use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
 use crate::metrics as metric;
-use crate::protocol::{self, reason, Disconnect, Packet, ProtocolVersion, PubResponse, Publish};
+use crate::protocol::{
+    self, reason, Disconnect, OutboundPublish, Packet, ProtocolVersion, PubResponse,
+};
 use crate::session::{Delivery, Outgoing, Session};
 use crate::store::{CommitTicket, StoreError};
 use bytes::BytesMut;
@@ -87,17 +89,18 @@ pub(super) async fn run_writer<W>(
         let mut full_batch = false;
         if closing.is_none() {
             let auth = broker.auth_files();
+            let now = now_ms();
             session.take_deliveries(
                 conn_id,
                 WRITE_BATCH,
                 &mut outgoing,
                 &mut dropped,
-                |d| protocol::publish_len(&outbound_publish(d, 1, false, version), version),
+                |d| protocol::outbound_len(&outbound_publish(d, 1, false, version, now), version),
                 |d| auth.may_read(&session.client_id, username.as_deref(), &d.message.topic),
             );
             full_batch = outgoing.len() >= WRITE_BATCH;
             for o in outgoing.drain(..) {
-                let packet = match o {
+                match o {
                     Outgoing::Publish {
                         delivery,
                         packet_id,
@@ -105,13 +108,14 @@ pub(super) async fn run_writer<W>(
                     } => {
                         metrics::counter!("sluice_messages_sent_total", "qos" => qos_label(delivery.qos))
                             .increment(1);
-                        Packet::Publish(outbound_publish(&delivery, packet_id, dup, version))
+                        let publish = outbound_publish(&delivery, packet_id, dup, version, now);
+                        protocol::encode_outbound(&publish, version, &mut out);
                     }
                     Outgoing::PubRel { packet_id } => {
-                        Packet::PubRel(PubResponse::success(packet_id))
+                        let rel = Packet::PubRel(PubResponse::success(packet_id));
+                        protocol::encode(&rel, version, &mut out);
                     }
-                };
-                protocol::encode(&packet, version, &mut out);
+                }
             }
             for (d, why) in dropped.drain(..) {
                 match why {
@@ -220,35 +224,29 @@ pub(super) async fn run_acker(
     }
 }
 
-/// The PUBLISH one subscriber receives for `delivery`.
+/// The PUBLISH one subscriber receives for `delivery`, borrowing the shared message.
 pub(super) fn outbound_publish(
     d: &Delivery,
     packet_id: u16,
     dup: bool,
     version: ProtocolVersion,
-) -> Publish {
+    now_ms: u64,
+) -> OutboundPublish<'_> {
     let m = &d.message;
-    let mut properties = if version.is_v5() {
-        m.properties.clone()
-    } else {
-        Default::default()
-    };
-    if version.is_v5() {
-        properties.message_expiry_interval = m.remaining_expiry_secs(now_ms());
-    }
-    Publish {
+    let v5 = version.is_v5();
+    OutboundPublish {
         dup,
         qos: d.qos,
         retain: d.retain,
-        topic: m.topic.clone(),
+        topic: &m.topic,
         packet_id,
-        payload: m.payload.clone(),
-        properties,
-        topic_alias: None,
-        subscription_identifiers: if version.is_v5() {
-            d.subscription_ids.clone()
+        payload: &m.payload,
+        properties: &m.properties,
+        message_expiry_interval: if v5 {
+            m.remaining_expiry_secs(now_ms)
         } else {
-            Vec::new()
+            None
         },
+        subscription_identifiers: if v5 { &d.subscription_ids } else { &[] },
     }
 }

@@ -20,7 +20,7 @@ mod write;
 
 pub use error::ProtocolError;
 
-use super::packet::{Packet, ProtocolVersion, Publish, QoS};
+use super::packet::{OutboundPublish, Packet, ProtocolVersion, Publish, QoS};
 use bytes::{Buf, BytesMut};
 use read::*;
 use wire::{read_varint, Reader, VarInt};
@@ -67,6 +67,20 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
 /// Maximum Packet Size).
 pub fn publish_len(publish: &Publish, version: ProtocolVersion) -> usize {
     write::publish_len(publish, version)
+}
+
+/// Appends a PUBLISH built from borrowed parts: the broker's fan-out path.
+pub fn encode_outbound(
+    publish: &OutboundPublish<'_>,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+) {
+    write::outbound_publish(publish, version, out)
+}
+
+/// Total encoded bytes of that PUBLISH, for a subscriber's Maximum Packet Size.
+pub fn outbound_len(publish: &OutboundPublish<'_>, version: ProtocolVersion) -> usize {
+    write::outbound_publish_len(publish, version)
 }
 
 /// The protocol version a (possibly partial, possibly invalid) CONNECT at the front of

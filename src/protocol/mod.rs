@@ -11,5 +11,8 @@ mod codec;
 pub mod packet;
 pub mod reason;
 
-pub use codec::{decode, decode_any, encode, peek_connect_version, publish_len, ProtocolError};
+pub use codec::{
+    decode, decode_any, encode, encode_outbound, outbound_len, peek_connect_version, publish_len,
+    ProtocolError,
+};
 pub use packet::*;

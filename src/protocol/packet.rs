@@ -160,6 +160,25 @@ pub struct Publish {
     pub subscription_identifiers: Vec<u32>,
 }
 
+/// A PUBLISH the broker sends to a subscriber, borrowing the shared message so that
+/// fan-out encodes straight from it without copying topic, payload or properties per
+/// subscriber.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundPublish<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    /// 0 for QoS 0.
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+    /// v5 properties forwarded untouched, except the expiry below.
+    pub properties: &'a MessageProperties,
+    /// Replaces `properties.message_expiry_interval`: the lifetime left [MQTT-3.3.2-6].
+    pub message_expiry_interval: Option<u32>,
+    pub subscription_identifiers: &'a [u32],
+}
+
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PubResponse {

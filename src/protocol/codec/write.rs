@@ -32,6 +32,56 @@ pub(crate) fn publish_len(p: &Publish, version: ProtocolVersion) -> usize {
     1 + varint_len(len) + len
 }
 
+/// Appends a PUBLISH built from borrowed parts (see [`OutboundPublish`]).
+pub(crate) fn outbound_publish(
+    p: &OutboundPublish<'_>,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+) {
+    let v5 = version.is_v5();
+    let len = measure(|c| outbound_body(p, v5, c));
+    out.reserve(1 + varint_len(len) + len);
+    let qos = p.qos as u8;
+    // DUP is meaningless on QoS 0 and must be 0 there [MQTT-3.3.1-2].
+    let dup = p.dup && qos > 0;
+    out.u8((PUBLISH << 4) | (u8::from(dup) << 3) | (qos << 1) | u8::from(p.retain));
+    out.varint(len);
+    outbound_body(p, v5, out);
+}
+
+/// Total bytes [`outbound_publish`] writes.
+pub(crate) fn outbound_publish_len(p: &OutboundPublish<'_>, version: ProtocolVersion) -> usize {
+    let len = measure(|c| outbound_body(p, version.is_v5(), c));
+    1 + varint_len(len) + len
+}
+
+fn outbound_body(p: &OutboundPublish<'_>, v5: bool, s: &mut dyn Sink) {
+    s.string(p.topic);
+    if p.qos != QoS::AtMostOnce {
+        s.u16(p.packet_id);
+    }
+    if v5 {
+        block(s, &|s| {
+            let m = p.properties;
+            prop::byte(
+                s,
+                prop::PAYLOAD_FORMAT_INDICATOR,
+                m.payload_format_indicator,
+            );
+            prop::four(s, prop::MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
+            prop::string(s, prop::CONTENT_TYPE, m.content_type.as_deref());
+            prop::string(s, prop::RESPONSE_TOPIC, m.response_topic.as_deref());
+            prop::binary(s, prop::CORRELATION_DATA, m.correlation_data.as_ref());
+            prop::users(s, &m.user_properties);
+            for &id in p.subscription_identifiers {
+                s.u8(prop::SUBSCRIPTION_IDENTIFIER);
+                s.varint(id as usize);
+            }
+        });
+    }
+    s.raw(p.payload);
+}
+
 fn header(packet: &Packet) -> u8 {
     let (kind, flags) = match packet {
         Packet::Connect(_) => (CONNECT, 0),
@@ -336,4 +386,75 @@ fn auth(a: &Auth, s: &mut dyn Sink) {
         prop::string(s, prop::REASON_STRING, a.reason_string.as_deref());
         prop::users(s, &a.user_properties);
     });
+}
+
+#[cfg(test)]
+mod outbound_tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// The borrowed fan-out encoding is byte-for-byte the owned one.
+    #[test]
+    fn outbound_publish_matches_owned_encoding() {
+        let properties = MessageProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(99),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+            user_properties: vec![("k".into(), "v".into())],
+        };
+        for version in [
+            ProtocolVersion::V3_1,
+            ProtocolVersion::V3_1_1,
+            ProtocolVersion::V5,
+        ] {
+            for (qos, packet_id, dup) in [
+                (QoS::AtMostOnce, 0, false),
+                (QoS::AtLeastOnce, 7, true),
+                (QoS::ExactlyOnce, 65535, false),
+            ] {
+                let mut owned_props = properties.clone();
+                owned_props.message_expiry_interval = Some(42);
+                let owned = Publish {
+                    dup,
+                    qos,
+                    retain: true,
+                    topic: "a/b/ü".into(),
+                    packet_id,
+                    payload: Bytes::from_static(b"payload"),
+                    properties: if version.is_v5() {
+                        owned_props
+                    } else {
+                        Default::default()
+                    },
+                    topic_alias: None,
+                    subscription_identifiers: if version.is_v5() {
+                        vec![3, 300]
+                    } else {
+                        vec![]
+                    },
+                };
+                let ids = [3u32, 300];
+                let borrowed = OutboundPublish {
+                    dup,
+                    qos,
+                    retain: true,
+                    topic: "a/b/ü",
+                    packet_id,
+                    payload: b"payload",
+                    properties: &properties,
+                    message_expiry_interval: Some(42),
+                    subscription_identifiers: &ids,
+                };
+                let mut a = BytesMut::new();
+                packet(&Packet::Publish(owned.clone()), version, &mut a);
+                let mut b = BytesMut::new();
+                outbound_publish(&borrowed, version, &mut b);
+                assert_eq!(a, b, "{version:?} {qos:?}");
+                assert_eq!(outbound_publish_len(&borrowed, version), b.len());
+                assert_eq!(publish_len(&owned, version), a.len());
+            }
+        }
+    }
 }
