@@ -56,6 +56,10 @@ pub struct Broker {
     pub tasks: TaskTracker,
     /// One permit per open connection ([limits] max_connections).
     pub connection_permits: Arc<Semaphore>,
+    /// One permit per connection still before CONNECT ([limits] max_pending_connects).
+    pub pending_connect_permits: Arc<Semaphore>,
+    /// One permit per TLS handshake in progress ([limits] max_tls_handshakes).
+    pub tls_handshake_permits: Arc<Semaphore>,
     /// The durable log: persistent sessions, their queues, retained messages.
     pub store: Store,
     /// Password and ACL files in force (swapped whole on SIGHUP).
@@ -100,6 +104,8 @@ impl Broker {
         let auth = AuthFiles::load(&config.auth)?;
         let router = Router::new(config.limits.max_topic_levels);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+        let pending = Arc::new(Semaphore::new(config.limits.max_pending_connects));
+        let handshakes = Arc::new(Semaphore::new(config.limits.max_tls_handshakes));
         let broker = Arc::new(Broker {
             auth: RwLock::new(Arc::new(auth)),
             listeners: parking_lot::Mutex::new(Vec::new()),
@@ -109,6 +115,8 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connection_permits: permits,
+            pending_connect_permits: pending,
+            tls_handshake_permits: handshakes,
             store,
         });
         broker.restore(recovered);

@@ -176,6 +176,8 @@ pub struct MetricsConfig {
 pub struct Limits {
     pub max_packet_size: u32,
     pub max_connections: usize,
+    pub max_pending_connects: usize,
+    pub max_tls_handshakes: usize,
     pub connect_timeout_secs: u64,
     pub max_inflight: u16,
     pub receive_maximum: u16,
@@ -242,6 +244,8 @@ impl Default for Limits {
         Limits {
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
+            max_pending_connects: 10_000,
+            max_tls_handshakes: 1_000,
             connect_timeout_secs: 10,
             max_inflight: 100,
             receive_maximum: 100,
@@ -329,6 +333,12 @@ impl Config {
         }
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
+        }
+        if l.max_pending_connects == 0 || l.max_tls_handshakes == 0 {
+            return invalid(
+                "limits.max_pending_connects",
+                "pre-CONNECT and TLS handshake limits must be at least 1",
+            );
         }
         if l.connect_timeout_secs == 0 {
             return invalid("limits.connect_timeout_secs", "must be at least 1");

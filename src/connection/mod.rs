@@ -125,9 +125,17 @@ where
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     async move {
         metrics::counter!("sluice_connections_accepted_total").increment(1);
+        let Ok(pending) = Arc::clone(&broker.pending_connect_permits).try_acquire_owned() else {
+            metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "pending_limit")
+                .increment(1);
+            warn!("connection closed: max_pending_connects connections are waiting to CONNECT");
+            return;
+        };
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
-        let connect = match read_connect(&mut rd, &mut buf, &broker).await {
+        let connect = read_connect(&mut rd, &mut buf, &broker).await;
+        drop(pending);
+        let connect = match connect {
             Ok(c) => c,
             Err(ConnectFailure::Answer {
                 connack,

@@ -101,6 +101,11 @@ async fn serve_tls(
     let Some(acceptor) = listener.tls.as_ref().map(|a| a.read().clone()) else {
         return;
     };
+    let Ok(handshake_permit) = Arc::clone(&broker.tls_handshake_permits).try_acquire_owned() else {
+        metrics::counter!(metric::TLS_HANDSHAKE_FAILURES, "reason" => "limit").increment(1);
+        tracing::warn!(%peer, "TLS handshake refused: max_tls_handshakes in progress");
+        return;
+    };
     let timeout = Duration::from_secs(listener.config.handshake_timeout_secs);
     let handshake = tokio::select! {
         _ = broker.shutdown.cancelled() => return,
@@ -119,6 +124,7 @@ async fn serve_tls(
             return;
         }
     };
+    drop(handshake_permit);
     metrics::counter!(metric::TLS_HANDSHAKES).increment(1);
     let identity = tls_stream
         .get_ref()
