@@ -7,6 +7,7 @@
 //! makes the message durable and offers it to each target session's queue. The trie locks are never held while a session
 //! lock is taken (targets are collected first), so the session → router lock order holds.
 
+pub mod retained;
 pub mod topic;
 pub mod trie;
 
@@ -36,7 +37,7 @@ type SharedKey = (Arc<str>, Arc<str>);
 pub struct Router {
     plain: RwLock<TopicTrie<Arc<str>, Entry>>,
     shared: RwLock<TopicTrie<SharedKey, Entry>>,
-    retained: RwLock<HashMap<String, Arc<Message>>>,
+    retained: RwLock<retained::RetainedStore>,
     /// Rotates the tie-break among equally loaded shared-group members.
     round_robin: AtomicUsize,
     max_topic_levels: usize,
@@ -47,7 +48,7 @@ impl Router {
         Router {
             plain: RwLock::new(TopicTrie::new()),
             shared: RwLock::new(TopicTrie::new()),
-            retained: RwLock::new(HashMap::new()),
+            retained: RwLock::new(retained::RetainedStore::default()),
             round_robin: AtomicUsize::new(0),
             max_topic_levels,
         }
@@ -198,18 +199,13 @@ impl Router {
         if message.payload.is_empty() {
             retained.remove(&message.topic);
         } else {
-            retained.insert(message.topic.clone(), Arc::clone(message));
+            retained.insert(Arc::clone(message));
         }
     }
 
     /// Retained messages whose topic matches `filter` (a plain filter).
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        self.retained
-            .read()
-            .values()
-            .filter(|m| topic::matches(filter, &m.topic))
-            .cloned()
-            .collect()
+        self.retained.read().matching(filter)
     }
 
     pub fn retained_count(&self) -> usize {
@@ -218,6 +214,6 @@ impl Router {
 
     /// Restores a retained message at start-up.
     pub fn restore_retained(&self, message: Arc<Message>) {
-        self.retained.write().insert(message.topic.clone(), message);
+        self.retained.write().insert(message);
     }
 }
