@@ -418,8 +418,32 @@ mod tests {
         )
     }
 
+    /// The two cases proptest shrank to when the `$` rule and `a/#` matching `a` were
+    /// broken on purpose.
+    #[test]
+    fn shrunk_regressions() {
+        let mut t = TopicTrie::new();
+        t.insert("#", 0u32, ());
+        let mut n = 0;
+        t.for_each_match("$x", |_, _| n += 1);
+        assert_eq!(n, 0, "'#' must not match a '$' topic");
+        let mut t = TopicTrie::new();
+        t.insert("+/a/#", 0u32, ());
+        let mut n = 0;
+        t.for_each_match("/a", |_, _| n += 1);
+        assert_eq!(n, 1, "'+/a/#' matches '/a'");
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        // Failing seeds are kept next to this file (src/router/trie.regressions), not in
+        // a top-level directory.
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+            )),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn agrees_with_reference_matcher(
