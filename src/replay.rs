@@ -488,9 +488,6 @@ pub async fn replay(opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let mut next_packet_id: u16 = 0;
     'run: loop {
         while let Some(dl) = pending.pop_front() {
-            if opts.max.is_some_and(|m| summary.replayed_total() >= m) {
-                break 'run;
-            }
             let (reason_, mut publish) = match selection.decide(&dl) {
                 Decision::Replay { reason, publish } => (reason, publish),
                 Decision::Skip => {
@@ -533,6 +530,9 @@ pub async fn replay(opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                 .replayed
                 .entry(reason_.label().to_string())
                 .or_default() += 1;
+            if opts.max.is_some_and(|m| summary.replayed_total() >= m) {
+                break 'run;
+            }
         }
         // Idle: wait for the next dead letter.
         let deadline = Instant::now() + opts.idle;
