@@ -647,3 +647,61 @@ async fn replay_leaves_unselected_reasons_for_a_later_run() {
     assert_eq!(payload(&c.recv().await), "a");
     drain_exact(port, 0).await;
 }
+
+/// Attempts are counted across a broker restart too: one send before, one after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_attempts_counts_sends_across_a_restart() {
+    let mut b = Broker::start_with_config("[dead_letter]\nmax_delivery_attempts = 2\n");
+    let mut o = persistent_v5(b.port(), "poison", 300);
+    o.set_manual_acks(true);
+    let (mut poison, _) = v5::connect_with(o.clone()).await;
+    poison.subscribe("p/t", v5::QoS::AtLeastOnce).await;
+    publish_all(b.port(), "pub", "p/t", &["bad"]).await;
+    assert_eq!(payload(&poison.recv().await), "bad", "attempt 1");
+    poison.disconnect().await;
+    b.restart();
+    let port = b.port();
+    let mut o = persistent_v5(port, "poison", 300);
+    o.set_manual_acks(true);
+    let (mut poison, ack) = v5::connect_with(o.clone()).await;
+    assert!(ack.session_present);
+    assert_eq!(payload(&poison.recv().await), "bad", "attempt 2");
+    poison.disconnect().await;
+    let (mut poison, _) = v5::connect_with(o).await;
+    let dead = drain_exact(port, 1).await;
+    check_dead_letter(
+        &dead[0],
+        &Expect {
+            reason: "max_attempts",
+            topic: "p/t",
+            payload: "bad",
+            publisher: "pub",
+            subscriber: Some("poison"),
+            attempts: 2,
+            own: &[("unit", "C")],
+        },
+    );
+    assert!(poison.try_recv(QUIET).await.is_none());
+}
+
+/// The dead-letter session is resumed whatever its client asks: a clean start with
+/// session expiry 0 neither discards nor expires what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_session_survives_clean_start_and_expiry_0() {
+    let b = Broker::start();
+    let port = b.port();
+    let mut p = v5::connect(port, "pub").await;
+    assert_eq!(publish_reason(&mut p, "gone/1", "g1").await, 0x10);
+    // Connect as the dead-letter session asking for a clean start and no session, take
+    // the dead letter without acking it, and leave.
+    let mut o = v5::options(port, DLQ_CLIENT);
+    o.set_clean_start(true);
+    o.set_manual_acks(true);
+    let (mut c, ack) = v5::connect_with(o).await;
+    assert!(ack.session_present, "resumed despite clean start");
+    assert_eq!(topic(&c.recv().await), "$DLQ/no_subscribers/gone/1");
+    c.disconnect().await;
+    assert_eq!(publish_reason(&mut p, "gone/2", "g2").await, 0x10);
+    let dead = drain_exact(port, 2).await;
+    assert_eq!(payloads(&dead), ["g1", "g2"]);
+}
