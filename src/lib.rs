@@ -16,6 +16,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod protocol;
+pub mod replay;
 pub mod router;
 pub mod session;
 pub mod store;
