@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Work with the dead-letter queue of a running broker.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Add or update USER in a mosquitto-format password file (PBKDF2-SHA512, `$7$`,
     /// readable by mosquitto too). The password is read from --password or from the
     /// first line of standard input.
@@ -66,6 +71,57 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Re-publish dead letters to their original topics.
+    ///
+    /// Connects as the dead-letter session (MQTT 5, session kept), and for each queued
+    /// dead letter matching --reason and --topic re-publishes the original payload and
+    /// properties to the original topic at QoS 1; the dead letter is acknowledged only
+    /// after that PUBACK. Dead letters not selected stay queued. Stops after --idle-ms
+    /// without a new dead letter, or after --max replays, and prints a summary.
+    Replay(Box<ReplayArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker MQTT port (plain TCP).
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// The dead-letter session's client id ([dead_letter] client_id).
+    #[arg(long, value_name = "ID", default_value = "sluice-dlq")]
+    client_id: String,
+    /// The broker's [dead_letter] topic_prefix.
+    #[arg(long, value_name = "PREFIX", default_value = "$DLQ")]
+    topic_prefix: String,
+    /// User name, when the listener requires one.
+    #[arg(long)]
+    username: Option<String>,
+    /// Password for --username.
+    #[arg(long, requires = "username")]
+    password: Option<String>,
+    /// Replay only this reason (repeatable): queue_full, max_attempts, expired,
+    /// too_large, no_subscribers, session_expired.
+    #[arg(long = "reason", value_name = "REASON", value_parser = sluice::replay::parse_reason)]
+    reasons: Vec<sluice::dead_letter::DeadLetterReason>,
+    /// Replay only dead letters whose original topic matches this MQTT filter
+    /// (repeatable).
+    #[arg(long = "topic", value_name = "FILTER")]
+    topics: Vec<String>,
+    /// Stop after this many milliseconds without a new dead letter.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    idle_ms: u64,
+    /// Stop after replaying this many.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max: Option<u64>,
+    /// Bound, in seconds, on connecting and on each PUBACK.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    timeout_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +144,12 @@ fn main() -> ExitCode {
     if let Some(Command::Config) = cli.command {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Dlq {
+        command: DlqCommand::Replay(args),
+    }) = cli.command
+    {
+        return dlq_replay(*args);
     }
     if let Some(Command::Passwd {
         file,
@@ -125,6 +187,49 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice dlq replay`: exit 0 when everything selected was replayed, 1 on an error
+/// (nothing is lost: unacknowledged dead letters stay queued), 2 when the broker refused
+/// some re-publishes (they stay queued too; the summary lists the reason codes).
+fn dlq_replay(args: ReplayArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = sluice::replay::ReplayOptions {
+        host: args.host,
+        port: args.port,
+        client_id: args.client_id,
+        username: args.username,
+        password: args.password,
+        topic_prefix: args.topic_prefix,
+        reasons: args.reasons,
+        topics: args.topics,
+        idle: std::time::Duration::from_millis(args.idle_ms),
+        max: args.max,
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+    };
+    match runtime.block_on(sluice::replay::replay(opts)) {
+        Ok(summary) => {
+            print!("{summary}");
+            if summary.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("sluice dlq replay: {e}");
             ExitCode::FAILURE
         }
     }
