@@ -646,3 +646,50 @@ async fn sighup_reloads_the_server_certificate_and_keeps_connections() {
     let got = existing.recv().await;
     assert_eq!(&got.payload[..], b"and still");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_crl() {
+    let (f, (good, doomed)) = Fixture::with_files(
+        "client_ca_file = \"@CA@\"\nrequire_client_cert = true\ncrl_file = \"@DIR@/ca.crl\"",
+        "",
+        |dir, ca| {
+            write_file(dir, "ca.crl", &ca.crl(&[]));
+            (ca.client("device-good"), ca.client("device-doomed"))
+        },
+    );
+    let mut before = TlsRaw::connected(
+        f.tls(),
+        f.client(Some(&doomed)),
+        &Connect::v311("doomed-before"),
+    )
+    .await;
+    write_file(f.broker.dir(), "ca.crl", &f.ca.crl(&[&doomed]));
+    f.broker.reload("TLS certificates reloaded").await;
+    let (got, peer) = tls_attempt_from(f.tls(), f.client(Some(&doomed)), "doomed-after").await;
+    assert!(
+        !matches!(got, Attempt::Connack(_)),
+        "a certificate revoked by the reloaded CRL was accepted: {got:?}"
+    );
+    f.assert_refusal_logged(peer).await;
+    tls_support::assert_tls_served(f.tls(), f.client(Some(&good)), "unrevoked").await;
+    // Like mosquitto, an established connection is not re-verified.
+    assert_eq!(before.subscribe(1, "still/here").await, vec![1]);
+}
+
+#[tokio::test]
+async fn identity_as_username_without_a_certificate_is_not_authorized() {
+    // Certificates optional, identity required: no certificate means no username.
+    let f = Fixture::new(
+        "client_ca_file = \"@CA@\"\nuse_identity_as_username = true\nallow_anonymous = true",
+        "",
+    );
+    assert_eq!(
+        tls_attempt(f.tls(), f.client(None), "no-cert").await,
+        Attempt::Connack(5)
+    );
+    let (mut c, ack) = TlsRaw::connect(f.tls(), f.client(None), &Connect::v5("no-cert-5")).await;
+    assert_eq!(ack.connack().1, 0x87);
+    assert!(c.recv_within(WAIT).await.is_none(), "not closed after 0x87");
+    let leaf = f.ca.client("device-1");
+    tls_support::assert_tls_served(f.tls(), f.client(Some(&leaf)), "with a certificate").await;
+}
