@@ -543,10 +543,6 @@ async fn sys_and_dlq_topics_are_governed_by_the_acl() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: a client without read access to $DLQ/# that connects with the \
-            dead-letter session's client id (sluice-dlq) makes the broker drop every queued \
-            dead letter as unreadable (session::take_deliveries drops ACL-denied deliveries \
-            for good), so any user can wipe the dead-letter queue"]
 async fn dead_letters_survive_a_drain_attempt_without_dlq_access() {
     let a = Auth::start(USERS, Some(ACL)).await;
     let port = a.open();
@@ -629,11 +625,6 @@ async fn sighup_reloads_the_acl_and_rechecks_queued_messages() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: wills bypass the ACL - a client may set a will on a topic it may \
-            not write (alice: `topic read r/#`, will on r/will) and the broker publishes it \
-            when the connection ends; CONNECT only checks for `$` will topics \
-            (connection/mod.rs handshake) and lifecycle::send_will never calls may_write. \
-            mosquitto 2.0 refuses such a CONNECT (v5 0x87 / 3.1.1 code 5)"]
 async fn a_will_is_subject_to_the_acl() {
     let a = Auth::start(USERS, Some(ACL)).await;
     let port = a.open();

@@ -379,6 +379,34 @@ impl Connection {
             ));
         }
         let username = authenticate(&connect, broker, info)?;
+        let files = broker.auth_files();
+        if let Some(will) = &connect.will {
+            // A will is a publish made on the client's behalf: the ACL applies to it as it
+            // would to the client, and a will it could never send is refused up front.
+            if !files.may_write(&client_id, username.as_deref(), &will.topic) {
+                metrics::counter!(metric::ACL_DENIED, "access" => "will").increment(1);
+                return Err(refuse(
+                    v,
+                    reason::NOT_AUTHORIZED,
+                    format!("will topic {:?} denied by the ACL", will.topic),
+                ));
+            }
+        }
+        if broker.is_dead_letter_session(&client_id) {
+            // Attaching the dead-letter session means draining it: only a client that may
+            // read the dead letters may take it, or the deliveries it may not read would be
+            // lost to everyone.
+            let filter = format!("{}/#", broker.config.dead_letter.topic_prefix);
+            if !files.may_subscribe(&client_id, username.as_deref(), &filter) {
+                metrics::counter!(metric::ACL_DENIED, "access" => "dead_letter_session")
+                    .increment(1);
+                return Err(refuse(
+                    v,
+                    reason::NOT_AUTHORIZED,
+                    format!("the dead-letter session needs read access to {filter}"),
+                ));
+            }
+        }
         if connect.properties.authentication_method.is_some() {
             return Err(refuse(
                 v,

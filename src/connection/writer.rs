@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Most packets the writer encodes before one `write`.
 const WRITE_BATCH: usize = 256;
@@ -124,7 +124,7 @@ pub(super) async fn run_writer<W>(
                     }
                     None => {
                         metrics::counter!(metric::ACL_DENIED, "access" => "read").increment(1);
-                        debug!(topic = %d.message.topic, "delivery denied by the ACL");
+                        info!(topic = %d.message.topic, "delivery denied by the ACL; not sent to this client");
                         if d.durable {
                             broker.ack_durable(&session, &d).await;
                         }
