@@ -310,11 +310,11 @@ jq -rs '
       elif .scenario == "latency" then
           [["p50 µs ↓", .latency_us.p50], ["p99 µs ↓", .latency_us.p99],
            ["p99.9 µs ↓", .latency_us.p999], ["max µs ↓", .latency_us.max],
-           ["lost % ↓", .lost_pct], ["errors", .errors]]
+           ["undelivered % ↓", .undelivered_pct], ["errors", .errors]]
       else
           [["msgs/s ↑", .msgs_per_sec], ["p99 µs ↓", .latency_us.p99],
-           ["lost % ↓", .lost_pct], ["broker CPU s", .broker_cpu_s],
-           ["tool CPU s", .tool_cpu_s], ["errors", .errors]]
+           ["undelivered % ↓", .undelivered_pct], ["broker CPU s", .broker_cpu_s],
+           ["tool CPU %", .tool_cpu_pct], ["errors", .errors]]
       end;
   def fmt: if . == null then "-" elif . >= 100 then (. | round | tostring)
       else ((. * 100 | round) / 100 | tostring) end;
@@ -338,5 +338,8 @@ jq -rs '
 echo
 echo "per-run JSON: $RESULTS"
 grep -q 'broker did not start\|load tool failed' "$RESULTS" && echo "some runs failed: see $OUT/*.log and $OUT/load.stderr" >&2
+if jq -e 'select(.tool_saturated == true)' "$RESULTS" >/dev/null; then
+    echo "warning: the load tool used ~a full core in some runs (tool_saturated): those numbers may measure the tool, not the broker (try -- --threads 2 --no-pin)" >&2
+fi
 [[ " ${ORDER[*]} " == *" rumqttd "* ]] || echo "rumqttd: not run (not on PATH; install with: cargo install rumqttd --version 0.20.0)"
 exit 0

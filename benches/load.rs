@@ -55,6 +55,12 @@ options:
   --drain SECS         after publishing stops, wait at most this long for deliveries (default 5)
   --max-msgs N         stop publishing after N messages in total (default 200000000)
   --threads T          tokio worker threads (default 1: current-thread runtime)
+
+output (one JSON line): sent, acked (QoS 1), expected deliveries, received (including the
+drain after publishing stops), received_in_window and msgs_per_sec (deliveries within the
+--duration window), undelivered_pct (expected but not received by the end of the drain:
+dropped by the broker or still queued), latency_us percentiles (send timestamp in the payload),
+tool_cpu_s/tool_cpu_pct/tool_saturated, broker_cpu_s and VmRSS with --broker-pid, errors.
 ";
 
 /// Messages encoded per write when the window/rate allows.
@@ -245,6 +251,25 @@ fn main() {
         }
     };
     let nofile = raise_nofile_limit();
+    // Hard stop, whatever the broker does: publishing (or connecting) + drain + set-up slack.
+    let limit = opts.duration.max(30) + opts.drain + 120;
+    let (scenario, label) = (opts.scenario.name(), opts.label.clone());
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(limit));
+        println!(
+            "{}",
+            Json::new()
+                .str("scenario", scenario)
+                .str("broker", &label)
+                .num("errors", 1)
+                .strs(
+                    "error_samples",
+                    &[format!("run exceeded its {limit} s bound")]
+                )
+                .done()
+        );
+        std::process::exit(3);
+    });
     let mut builder = if opts.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -516,9 +541,14 @@ impl Conn {
         }
     }
 
+    /// Sends DISCONNECT and closes; gives up after 1 s (a broker that stopped reading
+    /// must not hold the run past its bound).
     async fn disconnect(mut self) {
-        let _ = self.wr.write_all(&DISCONNECT).await;
-        let _ = self.wr.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            self.wr.write_all(&DISCONNECT).await?;
+            self.wr.shutdown().await
+        })
+        .await;
     }
 }
 
@@ -747,6 +777,8 @@ async fn publisher(
     let tmpl = PublishTemplate::new(&p.topic, p.qos, p.payload);
     let mut wbuf: Vec<u8> = Vec::with_capacity(BATCH as usize * tmpl.bytes.len());
     let (mut sent, mut acked, mut pid) = (0u64, 0u64, 0u16);
+    // The deadline cut a PUBLISH in half: the stream must not be used for a DISCONNECT.
+    let mut truncated = false;
     let mut errors = Vec::new();
     let end_t = tokio::time::Instant::from_std(end);
     'run: loop {
@@ -776,9 +808,26 @@ async fn publisher(
             for _ in 0..can {
                 tmpl.encode(&mut wbuf, next_packet_id(&mut pid), ts);
             }
-            if let Err(e) = conn.wr.write_all(&wbuf).await {
-                errors.push(describe_io("publisher write", &e));
-                break;
+            // Writes stop at the deadline even when the broker stops reading (a QoS 0 flood
+            // can fill the socket buffers for many seconds): count only whole messages.
+            let mut off = 0;
+            while off < wbuf.len() {
+                match tokio::time::timeout_at(end_t, conn.wr.write(&wbuf[off..])).await {
+                    Ok(Ok(0)) => {
+                        errors.push("publisher: socket closed for writing".into());
+                        break 'run;
+                    }
+                    Ok(Ok(n)) => off += n,
+                    Ok(Err(e)) => {
+                        errors.push(describe_io("publisher write", &e));
+                        break 'run;
+                    }
+                    Err(_) => {
+                        sent += (off / tmpl.bytes.len()) as u64;
+                        truncated = off % tmpl.bytes.len() != 0;
+                        break 'run;
+                    }
+                }
             }
             sent += can;
             if p.qos > 0 {
@@ -862,7 +911,11 @@ async fn publisher(
             }
         }
     }
-    conn.disconnect().await;
+    if truncated {
+        drop(conn);
+    } else {
+        conn.disconnect().await;
+    }
     PubResult {
         sent,
         acked,
@@ -956,6 +1009,7 @@ impl Errors {
 
 async fn run(o: Opts, nofile: u64) -> String {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, o.port));
+    let started = Instant::now();
     let cpu0 = self_cpu_secs();
     let broker_cpu0 = o.broker_pid.and_then(proc_cpu_secs);
     let rss0 = o.broker_pid.and_then(proc_rss_kib);
@@ -972,7 +1026,12 @@ async fn run(o: Opts, nofile: u64) -> String {
         run_traffic(&o, addr, &mut j, &mut errors).await;
     }
     let cpu = self_cpu_secs() - cpu0;
-    j.f("tool_cpu_s", cpu, 3);
+    let elapsed = started.elapsed().as_secs_f64();
+    // Above ~90% of the cores it may use, the tool, not the broker, may be the limit.
+    j.f("elapsed_s", elapsed, 3)
+        .f("tool_cpu_s", cpu, 3)
+        .f("tool_cpu_pct", cpu * 100.0 / elapsed, 1)
+        .num("tool_saturated", cpu / elapsed > 0.9 * o.threads as f64);
     if let (Some(pid), Some(c0)) = (o.broker_pid, broker_cpu0) {
         j.opt(
             "broker_cpu_s",
@@ -1152,7 +1211,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     j.num("expected", expected)
         .num("received", received)
         .num("received_in_window", in_window)
-        .f("lost_pct", lost_pct(expected, received), 3)
+        .f("undelivered_pct", undelivered_pct(expected, received), 3)
         .f("publish_s", publish_secs, 3)
         .f("sent_per_sec", sent as f64 / window, 0)
         .f("msgs_per_sec", in_window as f64 / window, 0);
@@ -1174,7 +1233,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     }
 }
 
-fn lost_pct(expected: u64, received: u64) -> f64 {
+fn undelivered_pct(expected: u64, received: u64) -> f64 {
     if expected == 0 {
         0.0
     } else {
