@@ -121,6 +121,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         Some("latency") => Scenario::Latency,
         Some("conns") => Scenario::Conns,
         Some("persist") => Scenario::Persist,
+        Some("-h") | Some("--help") => return Err(String::new()),
         Some(other) => return Err(format!("unknown scenario {other:?}")),
         None => return Err("no scenario".into()),
     };
@@ -237,16 +238,17 @@ fn main() {
         .collect();
     if args.is_empty() {
         self_check();
-        eprintln!("load: no scenario given, no load generated.\n{USAGE}");
+        eprintln!("load: no scenario given, no load generated (--help for usage)");
         return;
     }
     let opts = match parse_args(&args) {
         Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return;
+        }
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("load: {e}");
-            }
-            eprint!("{USAGE}");
+            eprintln!("load: {e}\n\n{USAGE}");
             std::process::exit(2);
         }
     };
