@@ -794,6 +794,12 @@ async fn publisher(
             BATCH
         };
         can = can.min(BATCH).min(p.max_msgs - sent);
+        // Unthrottled QoS 1: refill the window in chunks, not one PUBLISH per PUBACK (a
+        // broker that acks each message in its own segment would otherwise cost the tool a
+        // syscall pair per message).
+        if p.qos > 0 && p.rate.is_none() && sent > acked && can < (p.inflight / 4).clamp(1, BATCH) {
+            can = 0;
+        }
         let mut wake = end_t;
         if let Some(rate) = p.rate {
             let due = ((now - start).as_secs_f64() * rate) as u64 + 1;
