@@ -98,7 +98,8 @@ if [[ -n ${WANT[mosquitto]:-} && ! -x "$MOSQUITTO" ]]; then
 fi
 if [[ -n ${WANT[rumqttd]:-} ]] && ! command -v rumqttd >/dev/null; then
     if [[ $INSTALL_RUMQTTD == 1 ]]; then
-        cargo install rumqttd --version 0.20.0 --locked || cargo install rumqttd --version 0.20.0
+        # Not --locked: its lockfile pins metrics 0.22.1, which current rustc rejects (E0521).
+        cargo install rumqttd --version 0.20.0
     fi
     if ! command -v rumqttd >/dev/null; then
         echo "note: rumqttd not on PATH: skipped (install with: cargo install rumqttd --version 0.20.0, or pass --install-rumqttd)" >&2
@@ -236,7 +237,7 @@ next_connection_delay_ms = 0
 listen = "127.0.0.1:$((PORT + 1))"
 EOF
         NEXT_PORT=$((NEXT_PORT + 1))
-        "${ON_CPU0[@]}" rumqttd --config "$dir/rumqttd.toml" >>"$log" 2>&1 &
+        "${ON_CPU0[@]}" rumqttd -q --config "$dir/rumqttd.toml" >>"$log" 2>&1 &
         BROKER_PID=$!
         ;;
     esac

@@ -13,7 +13,11 @@
 //! (`--max-msgs`, `--connections` capped), and stops by itself.
 //!
 //! `cargo test --all-targets` runs bench targets without arguments: with no scenario the tool
-//! prints its usage to stderr and exits 0 without touching the network.
+//! checks its encoder, framer and histogram, and exits 0 without touching the network.
+//!
+//! For 10k+ connections it raises its RLIMIT_NOFILE soft limit to the hard limit; past that,
+//! `ulimit -n` (hard) must be raised by whoever starts it. `benches/compare.sh` runs it
+//! against sluice, mosquitto and rumqttd.
 
 use bytes::{Buf, BytesMut};
 use std::fmt::Write as _;
@@ -68,6 +72,9 @@ const BATCH: u64 = 256;
 const MAX_DURATION: u64 = 600;
 const MAX_CONNECTIONS: usize = 60_000;
 const MAX_CLIENTS: usize = 10_000;
+/// Keepalive sent in every CONNECT: long rather than 0 (rumqttd refuses 0), and longer than
+/// any run (at most MAX_DURATION + drain), so no PINGREQ is ever due.
+const KEEPALIVE: u16 = 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -705,8 +712,15 @@ async fn subscriber(
             if hdr >> 4 == 3 {
                 let body = &conn.rbuf[body_at..total];
                 let qos = (hdr >> 1) & 3;
-                let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+                let tlen = match body.get(..2) {
+                    Some(b) => u16::from_be_bytes([b[0], b[1]]) as usize,
+                    None => 0,
+                };
                 let mut at = 2 + tlen;
+                if body.len() < at + if qos > 0 { 2 } else { 0 } {
+                    errors.push("subscriber: malformed PUBLISH from the broker".into());
+                    break 'outer;
+                }
                 if qos > 0 {
                     acks.extend_from_slice(&[0x40, 0x02, body[at], body[at + 1]]);
                     at += 2;
@@ -1097,7 +1111,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
 
     // A persistent subscriber starts from an empty session: clean it first.
     if o.scenario == Scenario::Persist {
-        match Conn::open(addr, &subs[0].1, true, 0).await {
+        match Conn::open(addr, &subs[0].1, true, KEEPALIVE).await {
             Ok(c) => c.disconnect().await,
             Err(e) => errors.add(e),
         }
@@ -1109,7 +1123,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sub_tasks = Vec::new();
     for (filter, id, clean) in &subs {
-        let conn = match Conn::open(addr, id, *clean, 0).await {
+        let conn = match Conn::open(addr, id, *clean, KEEPALIVE).await {
             Ok(mut c) => match c.subscribe(filter, o.qos).await {
                 Ok(()) => c,
                 Err(e) => {
@@ -1131,7 +1145,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     }
     let mut pub_conns = Vec::new();
     for (i, topic) in pubs.iter().enumerate() {
-        match Conn::open(addr, &format!("ld{tag}-pub{i}"), true, 0).await {
+        match Conn::open(addr, &format!("ld{tag}-pub{i}"), true, KEEPALIVE).await {
             Ok(c) => pub_conns.push((c, topic.clone())),
             Err(e) => errors.add(e),
         }
@@ -1205,7 +1219,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     }
     if o.scenario == Scenario::Persist {
         // Leave no persistent session queueing behind.
-        match Conn::open(addr, &subs[0].1, true, 0).await {
+        match Conn::open(addr, &subs[0].1, true, KEEPALIVE).await {
             Ok(c) => c.disconnect().await,
             Err(e) => errors.add(e),
         }
@@ -1277,7 +1291,7 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
                     .await
                     .map_err(|e| (describe_io("connect", &e), e.raw_os_error()))?;
                 let _ = s.set_nodelay(true);
-                s.write_all(&connect_packet(&id, true, 0))
+                s.write_all(&connect_packet(&id, true, KEEPALIVE))
                     .await
                     .map_err(|e| (describe_io("CONNECT", &e), e.raw_os_error()))?;
                 let mut ack = [0u8; 4];
