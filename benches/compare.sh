@@ -34,6 +34,7 @@ PAYLOAD=64
 BROKERS=sluice,mosquitto,rumqttd
 OUT=""
 INSTALL_RUMQTTD=0
+RUMQTTD_SKIPPED=0
 PIN=1
 SCENARIOS=()
 EXTRA=()
@@ -102,6 +103,7 @@ if [[ -n ${WANT[rumqttd]:-} ]] && ! command -v rumqttd >/dev/null; then
         cargo install rumqttd --version 0.20.0
     fi
     if ! command -v rumqttd >/dev/null; then
+        RUMQTTD_SKIPPED=1
         echo "note: rumqttd not on PATH: skipped (install with: cargo install rumqttd --version 0.20.0, or pass --install-rumqttd)" >&2
         unset 'WANT[rumqttd]'
     fi
@@ -127,7 +129,12 @@ mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 BROKER_PID=""
+LOAD_PID=""
 cleanup() {
+    if [[ -n "$LOAD_PID" ]]; then
+        kill -TERM "$LOAD_PID" 2>/dev/null || true
+        wait "$LOAD_PID" 2>/dev/null || true
+    fi
     if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
         kill -KILL "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
@@ -141,8 +148,9 @@ trap 'exit 130' INT TERM
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "# open-file limit: $(ulimit -n) (conns needs more than --connections; raise the hard limit if it is lower)" >&2
 
-# A free port: nothing answers on it.
-NEXT_PORT=$((20000 + RANDOM % 20000))
+# A free port: nothing answers on it. Below the ephemeral range (32768+ on Linux), where a
+# client socket may hold the port without listening on it.
+NEXT_PORT=$((20000 + RANDOM % 10000))
 free_port() {
     local p=$NEXT_PORT
     while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
@@ -261,17 +269,28 @@ stop_broker() {
 }
 
 run_one() { # run_one BROKER SCENARIO QOS ROUND
-    local name=$1 scenario=$2 qos=$3 round=$4 line
-    if ! start_broker "$name" "$scenario"; then
+    local name=$1 scenario=$2 qos=$3 round=$4 line try started=0
+    for try in 1 2 3; do # a port can be taken between the check and the bind
+        if start_broker "$name" "$scenario"; then
+            started=1
+            break
+        fi
         stop_broker
+    done
+    if [[ $started == 0 ]]; then
         jq -nc --arg b "$name" --arg s "$scenario" --argjson q "$qos" --argjson r "$round" \
             '{scenario:$s, broker:$b, qos:$q, round:$r, errors:1, error_samples:["broker did not start"]}' |
             tee -a "$RESULTS"
         return 0
     fi
-    line=$("${ON_CPU1[@]}" "$LOAD" "$scenario" --qos "$qos" --duration "$DURATION" --payload "$PAYLOAD" \
+    # In the background and waited for, so that a signal reaches the trap at once.
+    "${ON_CPU1[@]}" "$LOAD" "$scenario" --qos "$qos" --duration "$DURATION" --payload "$PAYLOAD" \
         --host 127.0.0.1 --port "$PORT" --broker-pid "$BROKER_PID" --label "$name" \
-        "${EXTRA[@]}" 2>>"$OUT/load.stderr") || true
+        "${EXTRA[@]}" >"$WORK/line" 2>>"$OUT/load.stderr" &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || true
+    LOAD_PID=""
+    line=$(tail -n1 "$WORK/line")
     stop_broker
     if [[ -z "$line" ]]; then
         line=$(jq -nc --arg b "$name" --arg s "$scenario" --argjson q "$qos" \
@@ -342,5 +361,5 @@ grep -q 'broker did not start\|load tool failed' "$RESULTS" && echo "some runs f
 if jq -e 'select(.tool_saturated == true)' "$RESULTS" >/dev/null; then
     echo "warning: the load tool used ~a full core in some runs (tool_saturated): those numbers may measure the tool, not the broker (try -- --threads 2 --no-pin)" >&2
 fi
-[[ " ${ORDER[*]} " == *" rumqttd "* ]] || echo "rumqttd: not run (not on PATH; install with: cargo install rumqttd --version 0.20.0)"
+[[ $RUMQTTD_SKIPPED == 0 ]] || echo "rumqttd: not run (not on PATH; install with: cargo install rumqttd --version 0.20.0)"
 exit 0
