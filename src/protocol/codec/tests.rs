@@ -9,6 +9,7 @@ use crate::protocol::reason;
 use bytes::Bytes;
 
 mod interop;
+mod proptests;
 mod validations;
 
 const MAX: usize = 1 << 20;
