@@ -247,7 +247,7 @@ impl Default for Limits {
             max_pending_connects: 10_000,
             max_tls_handshakes: 1_000,
             connect_timeout_secs: 10,
-            max_inflight: 100,
+            max_inflight: 1000,
             receive_maximum: 100,
             max_queued_messages: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,

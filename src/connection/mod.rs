@@ -48,6 +48,29 @@ use tracing::{debug, info, warn, Instrument};
 const CONTROL_CAPACITY: usize = 256;
 /// Read buffer to start with and to shrink back to when idle.
 const READ_BUFFER: usize = 4 * 1024;
+/// Without a byte for this long, an empty read buffer is freed.
+const IDLE_RELEASE: Duration = Duration::from_secs(2);
+/// What a connection without a buffer reads into first.
+const SMALL_READ: usize = 512;
+
+/// Reads what the socket has into `buf`. With an allocated buffer this is one
+/// `read_buf`; without one, the bytes land in a small array on the task first and the
+/// buffer is allocated only once they exist, so a waiting connection holds no buffer.
+async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() >= SMALL_READ {
+        return rd.read_buf(buf).await;
+    }
+    if buf.capacity() > 0 {
+        buf.reserve(READ_BUFFER);
+        return rd.read_buf(buf).await;
+    }
+    let mut first = [0u8; SMALL_READ];
+    let n = rd.read(&mut first).await?;
+    buf.reserve(READ_BUFFER.max(n));
+    buf.extend_from_slice(&first[..n]);
+    Ok(n)
+}
+
 /// How long the reader waits for the writer to flush its last packets.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
@@ -132,7 +155,9 @@ where
             return;
         };
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        // The read buffer is allocated when bytes arrive (see `read_some`), so a connection
+        // that is only waiting costs no buffer.
+        let mut buf = BytesMut::new();
         let connect = read_connect(&mut rd, &mut buf, &broker).await;
         drop(pending);
         let connect = match connect {
@@ -224,7 +249,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
                 return Err(ConnectFailure::Close(e.to_string()));
             }
         }
-        match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
+        match tokio::time::timeout_at(deadline, read_some(rd, buf)).await {
             Err(_) => {
                 metrics::counter!("sluice_connections_refused_total", "reason" => "timeout")
                     .increment(1);
@@ -686,9 +711,16 @@ impl Connection {
                     Err(e) => return Exit::Protocol(e),
                 }
             }
-            if buf.is_empty() && buf.capacity() > 64 * 1024 {
-                *buf = BytesMut::with_capacity(READ_BUFFER);
-            }
+            // An idle connection gives its buffer back: after IDLE_RELEASE without a byte,
+            // an empty buffer is freed and the next read allocates again.
+            let releasable = buf.is_empty() && buf.capacity() > 0;
+            let idle = async {
+                if releasable {
+                    tokio::time::sleep(IDLE_RELEASE).await
+                } else {
+                    std::future::pending::<()>().await
+                }
+            };
             let keepalive = async {
                 if grace.is_zero() {
                     std::future::pending::<()>().await
@@ -706,7 +738,11 @@ impl Connection {
                     why: "the store failed; a message could not be acknowledged".into(),
                 },
                 _ = keepalive => return Exit::KeepAlive,
-                read = rd.read_buf(buf) => match read {
+                _ = idle => {
+                    *buf = BytesMut::new();
+                    continue;
+                }
+                read = read_some(rd, buf) => match read {
                     Ok(0) => return Exit::Lost("peer closed the connection".into()),
                     Ok(_) => {}
                     Err(e) => return Exit::Lost(e.to_string()),

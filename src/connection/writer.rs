@@ -7,7 +7,7 @@
 //! order the PUBLISHes arrived [MQTT-4.6.0-2], so one publisher's messages share fsyncs
 //! instead of waiting for one each.
 
-use super::{qos_label, Control, READ_BUFFER};
+use super::{qos_label, Control};
 use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
@@ -54,7 +54,9 @@ pub(super) async fn run_writer<W>(
         broker,
         username,
     } = ctx;
-    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    // Allocated while there is something to write, released before waiting, so an idle
+    // connection holds no write buffer.
+    let mut out = BytesMut::new();
     let mut outgoing = Vec::new();
     let mut dropped = Vec::new();
     let mut next: Option<Control> = None;
@@ -139,9 +141,6 @@ pub(super) async fn run_writer<W>(
                 return;
             }
             out.clear();
-            if out.capacity() > 64 * 1024 {
-                out = BytesMut::with_capacity(READ_BUFFER);
-            }
         }
         if let Some(disconnect) = closing.take() {
             if let Some(d) = disconnect {
@@ -156,6 +155,7 @@ pub(super) async fn run_writer<W>(
         if full_batch {
             continue;
         }
+        out = BytesMut::new();
         tokio::select! {
             c = ctrl.recv() => match c {
                 Some(c) => next = Some(c),
