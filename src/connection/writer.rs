@@ -7,7 +7,7 @@
 //! order the PUBLISHes arrived [MQTT-4.6.0-2], so one publisher's messages share fsyncs
 //! instead of waiting for one each.
 
-use super::{qos_label, Control, READ_BUFFER};
+use super::{Control, READ_BUFFER};
 use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
@@ -16,6 +16,7 @@ use crate::session::{Delivery, Outgoing, Session};
 use crate::store::{CommitTicket, StoreError};
 use bytes::BytesMut;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,8 @@ pub(super) async fn run_writer<W>(
                 protocol::publish_len(&outbound_publish(d, 1, false, version), version)
             });
             full_batch = outgoing.len() >= WRITE_BATCH;
+            let hot = crate::metrics::hot();
+            let now = if outgoing.is_empty() { 0 } else { now_ms() };
             for o in outgoing.drain(..) {
                 let packet = match o {
                     Outgoing::Publish {
@@ -82,8 +85,13 @@ pub(super) async fn run_writer<W>(
                         packet_id,
                         dup,
                     } => {
-                        metrics::counter!("sluice_messages_sent_total", "qos" => qos_label(delivery.qos))
-                            .increment(1);
+                        hot.sent(delivery.qos, delivery.message.payload.len());
+                        // First sends of live messages only: a resend or a retained
+                        // message replayed on SUBSCRIBE says nothing about delivery speed.
+                        if !dup && !delivery.retain {
+                            let ms = now.saturating_sub(delivery.message.received_at_ms);
+                            hot.delivery_latency.record(ms as f64 / 1000.0);
+                        }
                         Packet::Publish(outbound_publish(&delivery, packet_id, dup, version))
                     }
                     Outgoing::PubRel { packet_id } => {
@@ -152,14 +160,22 @@ pub(super) async fn run_acker(
     session: Arc<Session>,
     failed: CancellationToken,
 ) {
+    let hot = crate::metrics::hot();
     while let Some(PendingAck {
         tickets,
         mut packet,
     }) = pending.recv().await
     {
+        // The PUBLISH was accepted just before its batch was submitted to the store; an
+        // ack that waited for no batch is timed from here.
+        let accepted = tickets
+            .iter()
+            .map(|t| t.submitted_at())
+            .min()
+            .unwrap_or_else(Instant::now);
         for ticket in tickets {
             if let Err(e) = ticket.wait().await {
-                metrics::counter!("sluice_puback_failed_total").increment(1);
+                hot.puback_failed.increment(1);
                 warn!(error = %e, "message not made durable; not acknowledging it as stored");
                 // 3.x acks carry no reason, and a PUBCOMP cannot report a failure: the
                 // connection closes without the ack instead.
@@ -181,6 +197,9 @@ pub(super) async fn run_acker(
                     _ => {}
                 }
             }
+        }
+        if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
+            hot.puback_latency.record(accepted.elapsed().as_secs_f64());
         }
         if ctrl.send(Control::Packet(packet)).await.is_err() {
             return;
