@@ -19,4 +19,5 @@ pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod sys;
 pub mod wire;
