@@ -245,6 +245,18 @@ impl Hot {
         self.bytes_received[qos as usize].increment(payload_bytes as u64);
     }
 
+    /// PUBLISHes sent to subscribers, counted by QoS index: `count[q]` packets carrying
+    /// `bytes[q]` payload bytes.
+    #[inline]
+    pub fn sent_batch(&self, count: &[u64; 3], bytes: &[u64; 3]) {
+        for q in 0..3 {
+            if count[q] > 0 {
+                self.messages_sent[q].increment(count[q]);
+                self.bytes_sent[q].increment(bytes[q]);
+            }
+        }
+    }
+
     /// One PUBLISH sent to a subscriber.
     #[inline]
     pub fn sent(&self, qos: QoS, payload_bytes: usize) {

@@ -78,6 +78,8 @@ pub(super) async fn run_writer<W>(
             full_batch = outgoing.len() >= WRITE_BATCH;
             let hot = crate::metrics::hot();
             let now = if outgoing.is_empty() { 0 } else { now_ms() };
+            // Counted per batch, not per message: one add per counter per write.
+            let (mut sent, mut sent_bytes) = ([0u64; 3], [0u64; 3]);
             for o in outgoing.drain(..) {
                 let packet = match o {
                     Outgoing::Publish {
@@ -85,7 +87,8 @@ pub(super) async fn run_writer<W>(
                         packet_id,
                         dup,
                     } => {
-                        hot.sent(delivery.qos, delivery.message.payload.len());
+                        sent[delivery.qos as usize] += 1;
+                        sent_bytes[delivery.qos as usize] += delivery.message.payload.len() as u64;
                         // First sends of live messages only: a resend or a retained
                         // message replayed on SUBSCRIBE says nothing about delivery speed.
                         if !dup && !delivery.retain {
@@ -100,6 +103,7 @@ pub(super) async fn run_writer<W>(
                 };
                 protocol::encode(&packet, version, &mut out);
             }
+            hot.sent_batch(&sent, &sent_bytes);
             for (d, why) in dropped.drain(..) {
                 broker.undeliverable(&session, d, why).await;
             }
