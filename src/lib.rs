@@ -20,4 +20,5 @@ pub mod replay;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod sys;
 pub mod wire;

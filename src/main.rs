@@ -9,6 +9,8 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// sluice: an MQTT 3.1/3.1.1/5.0 broker whose acknowledged QoS 1 messages are never lost.
 ///
@@ -43,6 +45,9 @@ struct Cli {
     /// PEM CA bundle: --tls-listen then requires client certificates signed by it.
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
+    /// Seconds between `$SYS/broker/...` updates; 0 publishes none.
+    #[arg(long, value_name = "SECS", default_value_t = sluice::sys::DEFAULT_SYS_INTERVAL.as_secs())]
+    sys_interval: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -183,7 +188,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let sys_interval = Duration::from_secs(cli.sys_interval);
+    match runtime.block_on(run(config, sys_interval)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");
@@ -361,15 +367,42 @@ fn load_config(cli: &Cli) -> Result<Config, sluice::config::ConfigError> {
     Ok(config)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, sys_interval: Duration) -> anyhow::Result<()> {
     // Signals are watched before anything is announced, so a SIGTERM right after the
     // ready line is an orderly shutdown, not the default kill.
     let signals = Signals::new()?;
+    // Before the broker starts, so every metric handle it takes is the real one.
+    let handle = sluice::metrics::install(config.metrics.enabled)
+        .context("cannot install the metrics recorder")?;
+    // Bound before the store opens: a taken metrics port fails start-up cleanly.
+    let metrics_listener = match &handle {
+        Some(_) => Some(
+            sluice::metrics::bind(config.metrics.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.metrics.listen))?,
+        ),
+        None => None,
+    };
     let running = Broker::start(config).await.context("start-up failed")?;
+    let broker = &running.broker;
     let mut ready = String::from("sluice ready");
     for (scheme, addr) in &running.listener_addrs {
         ready.push_str(&format!(" {scheme}={addr}"));
     }
+    if let (Some(handle), Some((listener, addr))) = (&handle, metrics_listener) {
+        let b = Arc::clone(broker);
+        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            sluice::sys::sample(&b, false);
+        });
+        tokio::spawn(sluice::metrics::serve(
+            listener,
+            handle.clone(),
+            broker.shutdown.clone(),
+            refresh,
+        ));
+        ready.push_str(&format!(" metrics={addr}"));
+    }
+    sluice::sys::start(broker, sys_interval, handle);
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{ready}").context("cannot write the ready line")?;

@@ -147,7 +147,7 @@ where
 {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     async move {
-        metrics::counter!("sluice_connections_accepted_total").increment(1);
+        metrics::counter!(metric::CONNECTIONS_ACCEPTED).increment(1);
         let Ok(pending) = Arc::clone(&broker.pending_connect_permits).try_acquire_owned() else {
             metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "pending_limit")
                 .increment(1);
@@ -184,8 +184,7 @@ where
             Err(refusal) => {
                 let (connack, version, why) = *refusal;
                 info!(reason = %why, "CONNECT refused");
-                metrics::counter!("sluice_connections_refused_total", "reason" => "connect")
-                    .increment(1);
+                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "connect").increment(1);
                 let mut out = BytesMut::new();
                 protocol::encode(&Packet::ConnAck(connack), version, &mut out);
                 let _ = wr.write_all(&out).await;
@@ -229,8 +228,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
             }
             Ok(None) => {}
             Err(e) if e.reason_code() == reason::UNSUPPORTED_PROTOCOL_VERSION => {
-                metrics::counter!("sluice_connections_refused_total", "reason" => "protocol")
-                    .increment(1);
+                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "protocol").increment(1);
                 // A 3.1.1-format CONNACK with return code 1 is what every client
                 // version understands [MQTT-3.1.2-2].
                 return Err(ConnectFailure::Answer {
@@ -244,15 +242,13 @@ async fn read_connect<R: AsyncRead + Unpin>(
                 });
             }
             Err(e) => {
-                metrics::counter!("sluice_connections_refused_total", "reason" => "protocol")
-                    .increment(1);
+                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "protocol").increment(1);
                 return Err(ConnectFailure::Close(e.to_string()));
             }
         }
         match tokio::time::timeout_at(deadline, read_some(rd, buf)).await {
             Err(_) => {
-                metrics::counter!("sluice_connections_refused_total", "reason" => "timeout")
-                    .increment(1);
+                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "timeout").increment(1);
                 return Err(ConnectFailure::Close(format!(
                     "no CONNECT within {}s",
                     limits.connect_timeout_secs
@@ -556,7 +552,7 @@ impl Connection {
         ReadHalf<R>: Unpin,
         WriteHalf<W>: Unpin + Send + 'static,
     {
-        metrics::gauge!("sluice_connections").increment(1.0);
+        metrics::gauge!(metric::CONNECTIONS).increment(1.0);
         // What a restart must see about this session is durable before CONNACK.
         let mut refused = false;
         let records = std::mem::take(&mut self.records);
@@ -681,7 +677,7 @@ impl Connection {
             debug!("writer did not finish in time; aborting it");
             writer.abort();
         }
-        metrics::gauge!("sluice_connections").decrement(1.0);
+        metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
     }
 
     async fn read_loop<R: AsyncRead>(
@@ -858,8 +854,7 @@ impl Connection {
         io: &Io<'_>,
     ) -> Option<Exit> {
         let limits = &broker.config.limits;
-        metrics::counter!("sluice_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
-        metrics::counter!("sluice_bytes_received_total").increment(p.payload.len() as u64);
+        metric::hot().received(p.qos, p.payload.len());
         if let Some(alias) = p.topic_alias.take() {
             if alias == 0 || alias > limits.topic_alias_maximum {
                 return Some(Exit::Refused {
@@ -1152,12 +1147,4 @@ async fn queue_ack(
         .await
         .err()
         .map(|_| Exit::WriterGone)
-}
-
-fn qos_label(q: QoS) -> &'static str {
-    match q {
-        QoS::AtMostOnce => "0",
-        QoS::AtLeastOnce => "1",
-        QoS::ExactlyOnce => "2",
-    }
 }

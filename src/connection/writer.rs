@@ -7,7 +7,7 @@
 //! order the PUBLISHes arrived [MQTT-4.6.0-2], so one publisher's messages share fsyncs
 //! instead of waiting for one each.
 
-use super::{qos_label, Control};
+use super::Control;
 use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
@@ -19,6 +19,7 @@ use crate::session::{Delivery, Outgoing, Session};
 use crate::store::{CommitTicket, StoreError};
 use bytes::BytesMut;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +102,9 @@ pub(super) async fn run_writer<W>(
                 |d| auth.may_read(&session.client_id, username.as_deref(), &d.message.topic),
             );
             full_batch = outgoing.len() >= WRITE_BATCH;
+            let hot = crate::metrics::hot();
+            // Counted per batch, not per message: one add per counter per write.
+            let (mut sent, mut sent_bytes) = ([0u64; 3], [0u64; 3]);
             for o in outgoing.drain(..) {
                 match o {
                     Outgoing::Publish {
@@ -108,8 +112,14 @@ pub(super) async fn run_writer<W>(
                         packet_id,
                         dup,
                     } => {
-                        metrics::counter!("sluice_messages_sent_total", "qos" => qos_label(delivery.qos))
-                            .increment(1);
+                        sent[delivery.qos as usize] += 1;
+                        sent_bytes[delivery.qos as usize] += delivery.message.payload.len() as u64;
+                        // First sends of live messages only: a resend or a retained
+                        // message replayed on SUBSCRIBE says nothing about delivery speed.
+                        if !dup && !delivery.retain {
+                            let ms = now.saturating_sub(delivery.message.received_at_ms);
+                            hot.delivery_latency.record(ms as f64 / 1000.0);
+                        }
                         let publish = outbound_publish(&delivery, packet_id, dup, version, now);
                         protocol::encode_outbound(&publish, version, &mut out);
                     }
@@ -119,6 +129,7 @@ pub(super) async fn run_writer<W>(
                     }
                 }
             }
+            hot.sent_batch(&sent, &sent_bytes);
             for (d, why) in dropped.drain(..) {
                 match why {
                     Some(reason) => {
@@ -188,14 +199,22 @@ pub(super) async fn run_acker(
     session: Arc<Session>,
     failed: CancellationToken,
 ) {
+    let hot = crate::metrics::hot();
     while let Some(PendingAck {
         tickets,
         mut packet,
     }) = pending.recv().await
     {
+        // The PUBLISH was accepted just before its batch was submitted to the store; an
+        // ack that waited for no batch is timed from here.
+        let accepted = tickets
+            .iter()
+            .map(|t| t.submitted_at())
+            .min()
+            .unwrap_or_else(Instant::now);
         for ticket in tickets {
             if let Err(e) = ticket.wait().await {
-                metrics::counter!("sluice_puback_failed_total").increment(1);
+                hot.puback_failed.increment(1);
                 warn!(error = %e, "message not made durable; not acknowledging it as stored");
                 // 3.x acks carry no reason, and a PUBCOMP cannot report a failure: the
                 // connection closes without the ack instead.
@@ -217,6 +236,9 @@ pub(super) async fn run_acker(
                     _ => {}
                 }
             }
+        }
+        if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
+            hot.puback_latency.record(accepted.elapsed().as_secs_f64());
         }
         if ctrl.send(Control::Packet(packet)).await.is_err() {
             return;

@@ -566,6 +566,18 @@ impl Session {
         let st = self.state.lock();
         (st.queue.len(), st.inflight.len())
     }
+
+    /// What the metrics sampler reads, under one lock: online, queued messages, queued
+    /// bytes, inflight messages.
+    pub fn gauges(&self) -> SessionGauges {
+        let st = self.state.lock();
+        SessionGauges {
+            online: st.owner.is_some(),
+            queued: st.queue.len(),
+            queued_bytes: st.queued_bytes,
+            inflight: st.inflight.len(),
+        }
+    }
 }
 
 fn next_free_packet_id(st: &mut SessionState) -> u16 {
@@ -578,6 +590,15 @@ fn next_free_packet_id(st: &mut SessionState) -> u16 {
             return id;
         }
     }
+}
+
+/// A session's state as the metrics sampler sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionGauges {
+    pub online: bool,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub inflight: usize,
 }
 
 /// Every session, online or offline, by client id.

@@ -272,6 +272,7 @@ pub(crate) fn replay(dir: &Path, fs: &Fs) -> Result<Replayed, StoreError> {
         bytes_replayed,
         records_replayed,
     };
+    metrics::gauge!(crate::metrics::STORE_RECOVERY_DURATION).set(recovered.duration.as_secs_f64());
     info!(
         dir = %dir.display(),
         segments = segments.len(),

@@ -353,10 +353,14 @@ impl Writer {
         match self.fs.sync_data(&self.head.file) {
             Ok(()) => {
                 self.dirty = false;
+                let took = started.elapsed();
                 self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.shared
                     .last_fsync_ns
-                    .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    .store(took.as_nanos() as u64, Ordering::Relaxed);
+                crate::metrics::hot()
+                    .fsync_duration
+                    .record(took.as_secs_f64());
                 Ok(())
             }
             Err(e) => {
