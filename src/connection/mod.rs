@@ -74,13 +74,59 @@ async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std:
 /// How long the reader waits for the writer to flush its last packets.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
-/// What the reader asks of the writer.
+/// What the reader asks of the writer. Kept small (acks by value, rare packets boxed):
+/// every connection's channel preallocates a block of these.
 enum Control {
-    Packet(Packet),
+    Ack(Ack),
+    Packet(Box<Packet>),
     /// Retained messages for a new subscription: queued after its SUBACK is encoded.
     Enqueue(Vec<Delivery>),
     /// Send this DISCONNECT (v5) if any, flush, and close.
-    Close(Option<Disconnect>),
+    Close(Option<Box<Disconnect>>),
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP without properties: the broker's acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckKind {
+    /// PUBACK
+    Ack,
+    /// PUBREC
+    Rec,
+    /// PUBREL
+    Rel,
+    /// PUBCOMP
+    Comp,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    kind: AckKind,
+    packet_id: u16,
+    /// MQTT 5 reason code (dropped on the wire for 3.x).
+    reason: u8,
+}
+
+impl Ack {
+    fn new(kind: AckKind, packet_id: u16, reason: u8) -> Ack {
+        Ack {
+            kind,
+            packet_id,
+            reason,
+        }
+    }
+
+    fn packet(self) -> Packet {
+        let r = PubResponse {
+            reason: self.reason,
+            ..PubResponse::success(self.packet_id)
+        };
+        match self.kind {
+            AckKind::Ack => Packet::PubAck(r),
+            AckKind::Rec => Packet::PubRec(r),
+            AckKind::Rel => Packet::PubRel(r),
+            AckKind::Comp => Packet::PubComp(r),
+        }
+    }
 }
 
 /// Why the connection ends.
@@ -572,7 +618,9 @@ impl Connection {
         let writer_done = CancellationToken::new();
         // The CONNACK goes first: the writer drains control packets before the queue.
         let _ = ctrl_tx
-            .send(Control::Packet(Packet::ConnAck(self.connack.clone())))
+            .send(Control::Packet(Box::new(Packet::ConnAck(
+                self.connack.clone(),
+            ))))
             .await;
         let mut writer = tokio::spawn(
             run_writer(
@@ -668,7 +716,7 @@ impl Connection {
             _ => None,
         };
         let closed = tokio::time::timeout(WRITER_DRAIN, async {
-            let _ = ctrl_tx.send(Control::Close(disconnect)).await;
+            let _ = ctrl_tx.send(Control::Close(disconnect.map(Box::new))).await;
             drop(ctrl_tx);
             let _ = (&mut writer).await;
         })
@@ -750,7 +798,6 @@ impl Connection {
     /// Handles one packet; returns why to stop, if it must.
     async fn handle(&mut self, packet: Packet, broker: &Arc<Broker>, io: &Io<'_>) -> Option<Exit> {
         let ctrl = io.ctrl;
-        let reply = |p: Packet| Control::Packet(p);
         match packet {
             Packet::Publish(p) => return self.on_publish(p, broker, io).await,
             Packet::PubAck(a) => match self.session.puback(a.packet_id) {
@@ -760,10 +807,12 @@ impl Connection {
             },
             Packet::PubRec(a) => {
                 let known = self.session.pubrec(a.packet_id);
-                let mut rel = PubResponse::success(a.packet_id);
-                if !known {
-                    rel.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
-                }
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                let rel = Ack::new(AckKind::Rel, a.packet_id, code);
                 // A PUBREC with an error code ends the flow: no PUBREL (MQTT 5 §4.3.3).
                 if a.reason >= 0x80 {
                     if let Some(done) = self.session.pubcomp(a.packet_id) {
@@ -771,7 +820,7 @@ impl Connection {
                             broker.ack_durable(&self.session, &done).await;
                         }
                     }
-                } else if ctrl.send(reply(Packet::PubRel(rel))).await.is_err() {
+                } else if ctrl.send(Control::Ack(rel)).await.is_err() {
                     return Some(Exit::WriterGone);
                 }
             }
@@ -781,7 +830,7 @@ impl Connection {
                 None => debug!(packet_id = a.packet_id, "PUBCOMP for unknown packet id"),
             },
             Packet::PubRel(a) => {
-                let mut comp = PubResponse::success(a.packet_id);
+                let mut comp = Ack::new(AckKind::Comp, a.packet_id, reason::SUCCESS);
                 let mut tickets = Vec::new();
                 if !self.session.release_inbound_qos2(a.packet_id) {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
@@ -804,12 +853,16 @@ impl Connection {
                         }
                     }
                 }
-                return queue_ack(io, tickets, Packet::PubComp(comp)).await;
+                return queue_ack(io, tickets, comp).await;
             }
             Packet::Subscribe(s) => return self.on_subscribe(s, broker, io).await,
             Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, io).await,
             Packet::PingReq => {
-                if ctrl.send(reply(Packet::PingResp)).await.is_err() {
+                if ctrl
+                    .send(Control::Packet(Box::new(Packet::PingResp)))
+                    .await
+                    .is_err()
+                {
                     return Some(Exit::WriterGone);
                 }
             }
@@ -889,7 +942,7 @@ impl Connection {
         if p.qos == QoS::ExactlyOnce {
             if self.session.is_awaiting_release(p.packet_id) {
                 // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
-                let rec = Packet::PubRec(PubResponse::success(p.packet_id));
+                let rec = Ack::new(AckKind::Rec, p.packet_id, reason::SUCCESS);
                 return queue_ack(io, Vec::new(), rec).await;
             }
             // Checked before the id is remembered, so a refused message's resend is
@@ -966,23 +1019,19 @@ impl Connection {
                 }
             }
         }
-        let response = PubResponse {
-            reason: code,
-            ..PubResponse::success(p.packet_id)
-        };
-        let packet = match p.qos {
+        let kind = match p.qos {
             // A QoS 0 message needs no answer; a retained one is stored without waiting.
             QoS::AtMostOnce => return None,
-            QoS::AtLeastOnce => Packet::PubAck(response),
+            QoS::AtLeastOnce => AckKind::Ack,
             QoS::ExactlyOnce => {
                 if code >= 0x80 {
                     // Refused: the flow ends here, no PUBREL will come.
                     self.session.release_inbound_qos2(p.packet_id);
                 }
-                Packet::PubRec(response)
+                AckKind::Rec
             }
         };
-        queue_ack(io, tickets, packet).await
+        queue_ack(io, tickets, Ack::new(kind, p.packet_id, code)).await
     }
 
     /// Commits the session's state if it is persistent (before SUBACK/UNSUBACK).
@@ -1093,7 +1142,7 @@ impl Connection {
             reason_string: None,
             user_properties: Vec::new(),
         });
-        if ctrl.send(Control::Packet(ack)).await.is_err() {
+        if ctrl.send(Control::Packet(Box::new(ack))).await.is_err() {
             return Some(Exit::WriterGone);
         }
         if !retained.is_empty() && ctrl.send(Control::Enqueue(retained)).await.is_err() {
@@ -1128,7 +1177,7 @@ impl Connection {
             reason_string: None,
             user_properties: Vec::new(),
         });
-        ctrl.send(Control::Packet(ack))
+        ctrl.send(Control::Packet(Box::new(ack)))
             .await
             .err()
             .map(|_| Exit::WriterGone)
@@ -1140,10 +1189,14 @@ impl Connection {
 async fn queue_ack(
     io: &Io<'_>,
     tickets: Vec<crate::store::CommitTicket>,
-    packet: Packet,
+    ack: Ack,
 ) -> Option<Exit> {
     io.acks
-        .send(PendingAck { tickets, packet })
+        .send(PendingAck {
+            tickets,
+            ack,
+            received: std::time::Instant::now(),
+        })
         .await
         .err()
         .map(|_| Exit::WriterGone)

@@ -7,7 +7,7 @@
 //! order the PUBLISHes arrived [MQTT-4.6.0-2], so one publisher's messages share fsyncs
 //! instead of waiting for one each.
 
-use super::Control;
+use super::{Ack, AckKind, Control};
 use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
@@ -73,6 +73,7 @@ pub(super) async fn run_writer<W>(
                 },
             };
             match item {
+                Control::Ack(a) => protocol::encode(&a.packet(), version, &mut out),
                 Control::Packet(p) => protocol::encode(&p, version, &mut out),
                 Control::Enqueue(deliveries) => {
                     for d in deliveries {
@@ -84,7 +85,7 @@ pub(super) async fn run_writer<W>(
                     }
                 }
                 Control::Close(d) => {
-                    closing = Some(d);
+                    closing = Some(d.map(|d| *d));
                     break;
                 }
             }
@@ -184,8 +185,10 @@ pub(super) async fn run_writer<W>(
 /// An accepted QoS 1/2 PUBLISH waiting for its acknowledgement.
 pub(super) struct PendingAck {
     pub tickets: Vec<CommitTicket>,
-    /// PUBACK or PUBREC, success (or 0x10) as if the commit succeeds.
-    pub packet: Packet,
+    /// PUBACK, PUBREC or PUBCOMP, success (or 0x10) as if the commit succeeds.
+    pub ack: Ack,
+    /// When the packet it answers was read, for the PUBACK latency histogram.
+    pub received: Instant,
 }
 
 /// The acker task: waits for each commit in arrival order and forwards the ack to the
@@ -202,23 +205,17 @@ pub(super) async fn run_acker(
     let hot = crate::metrics::hot();
     while let Some(PendingAck {
         tickets,
-        mut packet,
+        mut ack,
+        received,
     }) = pending.recv().await
     {
-        // The PUBLISH was accepted just before its batch was submitted to the store; an
-        // ack that waited for no batch is timed from here.
-        let accepted = tickets
-            .iter()
-            .map(|t| t.submitted_at())
-            .min()
-            .unwrap_or_else(Instant::now);
         for ticket in tickets {
             if let Err(e) = ticket.wait().await {
                 hot.puback_failed.increment(1);
                 warn!(error = %e, "message not made durable; not acknowledging it as stored");
                 // 3.x acks carry no reason, and a PUBCOMP cannot report a failure: the
                 // connection closes without the ack instead.
-                if !version.is_v5() || matches!(packet, Packet::PubComp(_)) {
+                if !version.is_v5() || ack.kind == AckKind::Comp {
                     failed.cancel();
                     return;
                 }
@@ -226,21 +223,17 @@ pub(super) async fn run_acker(
                     StoreError::DiskFull => reason::QUOTA_EXCEEDED,
                     _ => reason::UNSPECIFIED_ERROR,
                 };
-                match &mut packet {
-                    Packet::PubAck(r) => r.reason = code,
-                    Packet::PubRec(r) => {
-                        r.reason = code;
-                        // The flow ends with a failed PUBREC: no PUBREL follows.
-                        session.release_inbound_qos2(r.packet_id);
-                    }
-                    _ => {}
+                ack.reason = code;
+                if ack.kind == AckKind::Rec {
+                    // The flow ends with a failed PUBREC: no PUBREL follows.
+                    session.release_inbound_qos2(ack.packet_id);
                 }
             }
         }
-        if matches!(packet, Packet::PubAck(_) | Packet::PubRec(_)) {
-            hot.puback_latency.record(accepted.elapsed().as_secs_f64());
+        if matches!(ack.kind, AckKind::Ack | AckKind::Rec) {
+            hot.puback_latency.record(received.elapsed().as_secs_f64());
         }
-        if ctrl.send(Control::Packet(packet)).await.is_err() {
+        if ctrl.send(Control::Ack(ack)).await.is_err() {
             return;
         }
     }
