@@ -257,12 +257,13 @@ mod tests {
     #[test]
     fn load_converges_to_the_rate() {
         let mut load = Load::default();
-        // 600 messages every 10 s is 3600 a minute.
+        // 600 messages every 10 s is 3600 a minute; after 100 min even the 15 min
+        // average is within 0.5% of it.
         for i in 1..=600u64 {
             load.update(i * 600, Duration::from_secs(10));
         }
         for avg in load.avg {
-            assert!((avg - 3600.0).abs() < 1.0, "{avg}");
+            assert!((avg - 3600.0).abs() < 18.0, "{avg}");
         }
         // One interval in: the 1 min average has moved further than the 15 min one.
         let mut fresh = Load::default();
