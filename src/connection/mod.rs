@@ -307,6 +307,15 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
+/// The helper tasks of a connection and the channels to them, for the cleanup.
+struct Tasks {
+    ctrl_tx: mpsc::Sender<Control>,
+    acks_tx: mpsc::Sender<PendingAck>,
+    writer: tokio::task::JoinHandle<()>,
+    acker: tokio::task::JoinHandle<()>,
+    store_failed: CancellationToken,
+}
+
 /// The channels a reader uses, bundled.
 struct Io<'a> {
     /// Control packets for the writer, in order.
@@ -603,7 +612,7 @@ impl Connection {
         let mut refused = false;
         let records = std::mem::take(&mut self.records);
         if !records.is_empty() {
-            if let Err(e) = broker.store.commit(records).await {
+            if let Err(e) = Box::pin(broker.store.commit(records)).await {
                 warn!(error = %e, "session state not stored; refusing the connection");
                 self.connack = ConnAck {
                     session_present: false,
@@ -613,7 +622,7 @@ impl Connection {
                 refused = true;
             }
         }
-        finish_discard(&broker, std::mem::take(&mut self.discarded)).await;
+        Box::pin(finish_discard(&broker, std::mem::take(&mut self.discarded))).await;
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_CAPACITY);
         let writer_done = CancellationToken::new();
         // The CONNACK goes first: the writer drains control packets before the queue.
@@ -622,7 +631,7 @@ impl Connection {
                 self.connack.clone(),
             ))))
             .await;
-        let mut writer = tokio::spawn(
+        let writer = tokio::spawn(
             run_writer(
                 wr,
                 WriterCtx {
@@ -675,6 +684,29 @@ impl Connection {
             Exit::Shutdown => debug!("closing for shutdown"),
             Exit::WriterGone => info!("write failed; closing"),
         }
+        let tasks = Tasks {
+            ctrl_tx,
+            acks_tx,
+            writer,
+            acker,
+            store_failed,
+        };
+        // Boxed: the cleanup's futures would otherwise be part of every connection's
+        // task for its whole life.
+        Box::pin(self.finish(exit, refused, tasks, &broker)).await;
+        metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
+    }
+
+    /// After the read loop: flush pending acks, record attempts, detach the session (and
+    /// end it or schedule its expiry), publish the will, then close the socket.
+    async fn finish(&mut self, exit: Exit, refused: bool, tasks: Tasks, broker: &Arc<Broker>) {
+        let Tasks {
+            ctrl_tx,
+            acks_tx,
+            mut writer,
+            acker,
+            store_failed,
+        } = tasks;
         // Acks still waiting for the disk go out before the writer closes.
         drop(acks_tx);
         if !store_failed.is_cancelled() {
@@ -694,16 +726,16 @@ impl Connection {
                     attempts,
                 })
                 .collect();
-            append_records(&broker, attempts).await;
+            append_records(broker, attempts).await;
         }
         let generation = self.session.detach(self.conn_id, None);
         if exit.publishes_will() {
             if let Some(will) = self.will.take() {
-                publish_will(&broker, &self.session, will, expiry, generation).await;
+                publish_will(broker, &self.session, will, expiry, generation).await;
             }
         }
         if let Some(generation) = generation {
-            end_or_schedule_expiry(&broker, &self.session, generation, expiry).await;
+            end_or_schedule_expiry(broker, &self.session, generation, expiry).await;
         }
         // The socket closes only after the session is detached (and, with expiry 0,
         // gone): a client that reconnects the moment it sees the close must not find
@@ -725,7 +757,6 @@ impl Connection {
             debug!("writer did not finish in time; aborting it");
             writer.abort();
         }
-        metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
     }
 
     async fn read_loop<R: AsyncRead>(
@@ -747,7 +778,13 @@ impl Connection {
                 match protocol::decode(buf, Some(self.version), max_packet) {
                     Ok(Some(packet)) => {
                         deadline = Instant::now() + grace;
-                        if let Some(exit) = self.handle(packet, broker, io).await {
+                        // PUBLISH is handled inline (the hot path); the other packets'
+                        // handling is boxed so it does not grow every connection's task.
+                        let exit = match packet {
+                            Packet::Publish(p) => self.on_publish(p, broker, io).await,
+                            other => Box::pin(self.handle(other, broker, io)).await,
+                        };
+                        if let Some(exit) = exit {
                             return exit;
                         }
                     }
@@ -1087,11 +1124,7 @@ impl Connection {
                 reasons.push(reason::NOT_AUTHORIZED);
                 continue;
             }
-            let existing = self
-                .session
-                .subscriptions()
-                .iter()
-                .any(|(x, _)| *x == f.filter);
+            let existing = self.session.has_subscription(&f.filter);
             if !existing && self.session.subscription_count() >= limits.max_subscriptions_per_client
             {
                 warn!(filter = %f.filter, "subscription refused: max_subscriptions_per_client");

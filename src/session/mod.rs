@@ -300,6 +300,10 @@ impl Session {
             .collect()
     }
 
+    pub fn has_subscription(&self, filter: &str) -> bool {
+        self.state.lock().subscriptions.contains_key(filter)
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.state.lock().subscriptions.len()
     }
