@@ -281,12 +281,10 @@ impl Broker {
         let mut listeners = Vec::new();
         for l in &broker.config.listeners {
             let listener = Arc::new(Listener::new(l.clone())?);
-            let socket = tokio::net::TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: l.bind,
-                    source,
-                })?;
+            let socket = bind_listener(l.bind).map_err(|source| BrokerError::Bind {
+                addr: l.bind,
+                source,
+            })?;
             let local = socket.local_addr().map_err(|source| BrokerError::Bind {
                 addr: l.bind,
                 source,
@@ -508,6 +506,22 @@ impl Broker {
             tracing::error!(error = %e, "store did not shut down cleanly");
         }
     }
+}
+
+/// Accept queue length asked of the kernel (capped by net.core.somaxconn). A storm of
+/// connects must not overflow it while the accept loop catches up: with the common
+/// default of 128, a burst of a few hundred connects already sends clients into a one
+/// second SYN retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn subscription_matches(filter: &str, topic: &str) -> bool {

@@ -223,6 +223,9 @@ pub async fn probe(port: u16, n: u64) -> Result<Duration, String> {
 }
 
 /// Probes every `every` until `stop` is set; returns (ok count, failures, max latency).
+/// Probes completed by the running probe loop (the tests here run one at a time).
+pub static PROBES_OK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub async fn probe_loop(
     port: u16,
     every: Duration,
@@ -236,6 +239,7 @@ pub async fn probe_loop(
         match probe(port, n).await {
             Ok(d) => {
                 ok += 1;
+                PROBES_OK.fetch_add(1, Ordering::Relaxed);
                 max = max.max(d);
             }
             Err(e) => failed.push(e),
