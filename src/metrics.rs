@@ -67,6 +67,11 @@ pub const PUBACK_LATENCY: &str = "sluice_puback_latency_seconds";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const START_TIME: &str = "sluice_start_time_seconds";
 
+/// The latency histograms time one event in this many. A sample of 1 in 16 keeps the
+/// quantiles honest at any rate worth measuring, and takes the per-message cost of the
+/// histograms (a clock read and a bucket push each) off the hot path.
+pub const LATENCY_SAMPLE_EVERY: u32 = 16;
+
 /// Buckets of the latency histograms: 100 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -196,12 +201,14 @@ pub fn describe_all() {
     describe_histogram!(
         DELIVERY_LATENCY,
         Unit::Seconds,
-        "Time from a PUBLISH being received to its delivery being encoded for a subscriber."
+        "Time from a PUBLISH being received to its delivery being encoded for a subscriber \
+         (one delivery in 16 is timed)."
     );
     describe_histogram!(
         PUBACK_LATENCY,
         Unit::Seconds,
-        "Time from a QoS 1/2 PUBLISH being accepted to its PUBACK/PUBREC being sent."
+        "Time from a QoS 1/2 PUBLISH being accepted to its PUBACK/PUBREC being sent \
+         (one ack in 16 is timed)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
     describe_gauge!(

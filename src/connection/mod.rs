@@ -324,6 +324,8 @@ struct Io<'a> {
     acks: &'a mpsc::Sender<PendingAck>,
     writer_done: &'a CancellationToken,
     store_failed: &'a CancellationToken,
+    /// Counts acks so one in LATENCY_SAMPLE_EVERY is timed.
+    ack_tick: std::sync::atomic::AtomicU32,
 }
 
 /// State of an established connection, owned by its reader.
@@ -671,6 +673,7 @@ impl Connection {
                 acks: &acks_tx,
                 writer_done: &writer_done,
                 store_failed: &store_failed,
+                ack_tick: std::sync::atomic::AtomicU32::new(0),
             };
             self.read_loop(&mut rd, &mut buf, &broker, &io).await
         };
@@ -1224,11 +1227,16 @@ async fn queue_ack(
     tickets: Vec<crate::store::CommitTicket>,
     ack: Ack,
 ) -> Option<Exit> {
+    // One ack in LATENCY_SAMPLE_EVERY carries its start time for the latency histogram.
+    let sampled = io
+        .ack_tick
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(metric::LATENCY_SAMPLE_EVERY);
     io.acks
         .send(PendingAck {
             tickets,
             ack,
-            received: std::time::Instant::now(),
+            received: sampled.then(std::time::Instant::now),
         })
         .await
         .err()

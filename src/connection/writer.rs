@@ -61,6 +61,8 @@ pub(super) async fn run_writer<W>(
     let mut outgoing = Vec::new();
     let mut dropped = Vec::new();
     let mut next: Option<Control> = None;
+    // Counts live deliveries so one in LATENCY_SAMPLE_EVERY is timed.
+    let mut sample_tick: u32 = 0;
     let mut closing: Option<Option<Disconnect>> = None;
     loop {
         // Control packets first, in the order the reader queued them.
@@ -118,8 +120,13 @@ pub(super) async fn run_writer<W>(
                         // First sends of live messages only: a resend or a retained
                         // message replayed on SUBSCRIBE says nothing about delivery speed.
                         if !dup && !delivery.retain {
-                            let ms = now.saturating_sub(delivery.message.received_at_ms);
-                            hot.delivery_latency.record(ms as f64 / 1000.0);
+                            let sampled =
+                                sample_tick.is_multiple_of(crate::metrics::LATENCY_SAMPLE_EVERY);
+                            sample_tick = sample_tick.wrapping_add(1);
+                            if sampled {
+                                let ms = now.saturating_sub(delivery.message.received_at_ms);
+                                hot.delivery_latency.record(ms as f64 / 1000.0);
+                            }
                         }
                         let publish = outbound_publish(&delivery, packet_id, dup, version, now);
                         protocol::encode_outbound(&publish, version, &mut out);
@@ -187,8 +194,9 @@ pub(super) struct PendingAck {
     pub tickets: Vec<CommitTicket>,
     /// PUBACK, PUBREC or PUBCOMP, success (or 0x10) as if the commit succeeds.
     pub ack: Ack,
-    /// When the packet it answers was read, for the PUBACK latency histogram.
-    pub received: Instant,
+    /// When the packet it answers was read, for the PUBACK latency histogram (only on
+    /// the sampled acks).
+    pub received: Option<Instant>,
 }
 
 /// The acker task: waits for each commit in arrival order and forwards the ack to the
@@ -230,7 +238,7 @@ pub(super) async fn run_acker(
                 }
             }
         }
-        if matches!(ack.kind, AckKind::Ack | AckKind::Rec) {
+        if let (Some(received), AckKind::Ack | AckKind::Rec) = (received, ack.kind) {
             hot.puback_latency.record(received.elapsed().as_secs_f64());
         }
         if ctrl.send(Control::Ack(ack)).await.is_err() {
