@@ -1,0 +1,418 @@
+//! What the reader does with each packet after CONNECT: PUBLISH (accept, make durable,
+//! queue the ack), the acks of both flows, SUBSCRIBE/UNSUBSCRIBE, PINGREQ, DISCONNECT.
+
+use super::*;
+
+impl Connection {
+    /// Handles one packet; returns why to stop, if it must.
+    pub(super) async fn handle(
+        &mut self,
+        packet: Packet,
+        broker: &Arc<Broker>,
+        io: &Io<'_>,
+    ) -> Option<Exit> {
+        let ctrl = io.ctrl;
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p, broker, io).await,
+            Packet::PubAck(a) => match self.session.puback(a.packet_id) {
+                Some(done) if done.durable => broker.ack_durable(&self.session, &done).await,
+                Some(_) => {}
+                None => debug!(packet_id = a.packet_id, "PUBACK for unknown packet id"),
+            },
+            Packet::PubRec(a) => {
+                let known = self.session.pubrec(a.packet_id);
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                let rel = Ack::new(AckKind::Rel, a.packet_id, code);
+                // A PUBREC with an error code ends the flow: no PUBREL (MQTT 5 §4.3.3).
+                if a.reason >= 0x80 {
+                    if let Some(done) = self.session.pubcomp(a.packet_id) {
+                        if done.durable {
+                            broker.ack_durable(&self.session, &done).await;
+                        }
+                    }
+                } else if ctrl.send(Control::Ack(rel)).await.is_err() {
+                    return Some(Exit::WriterGone);
+                }
+            }
+            Packet::PubComp(a) => match self.session.pubcomp(a.packet_id) {
+                Some(done) if done.durable => broker.ack_durable(&self.session, &done).await,
+                Some(_) => {}
+                None => debug!(packet_id = a.packet_id, "PUBCOMP for unknown packet id"),
+            },
+            Packet::PubRel(a) => {
+                let mut comp = Ack::new(AckKind::Comp, a.packet_id, reason::SUCCESS);
+                let mut tickets = Vec::new();
+                if !self.session.release_inbound_qos2(a.packet_id) {
+                    comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                } else if self.session.is_persisted() {
+                    // PUBCOMP frees the packet id for the client's next message, so the
+                    // release must be durable first: a restart that still remembered
+                    // the id would take the next message with that id for a resend and
+                    // drop it.
+                    let released = Record::Qos2Released {
+                        session: self.client_id.to_string(),
+                        packet_id: a.packet_id,
+                    };
+                    match broker.store.submit(vec![released]).await {
+                        Ok(t) => tickets.push(t),
+                        Err(e) => {
+                            return Some(Exit::Refused {
+                                code: reason::UNSPECIFIED_ERROR,
+                                why: format!("QoS 2 release not stored: {e}"),
+                            })
+                        }
+                    }
+                }
+                return queue_ack(io, tickets, comp).await;
+            }
+            Packet::Subscribe(s) => return self.on_subscribe(s, broker, io).await,
+            Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, io).await,
+            Packet::PingReq => {
+                if ctrl
+                    .send(Control::Packet(Box::new(Packet::PingResp)))
+                    .await
+                    .is_err()
+                {
+                    return Some(Exit::WriterGone);
+                }
+            }
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.session_expiry_interval {
+                    if self.expiry_secs == 0 && expiry != 0 {
+                        return Some(Exit::Refused {
+                            code: reason::PROTOCOL_ERROR,
+                            why: "[MQTT-3.14.2-2] session expiry set on DISCONNECT after 0 in CONNECT".into(),
+                        });
+                    }
+                    self.expiry_secs = expiry;
+                    self.session.set_expiry_secs(expiry);
+                    if self.session.is_persisted() && expiry != 0 {
+                        append_records(broker, vec![session_record(&self.session)]).await;
+                    }
+                }
+                return Some(Exit::Disconnect {
+                    will: d.reason == reason::DISCONNECT_WITH_WILL,
+                });
+            }
+            Packet::Auth(_) => {
+                return Some(Exit::Refused {
+                    code: reason::PROTOCOL_ERROR,
+                    why: "[MQTT-4.12.0-1] AUTH without an authentication method in CONNECT".into(),
+                })
+            }
+            other => {
+                return Some(Exit::Refused {
+                    code: reason::PROTOCOL_ERROR,
+                    why: format!("[MQTT-2.1.2] a client may not send {}", other.name()),
+                })
+            }
+        }
+        None
+    }
+
+    pub(super) async fn on_publish(
+        &mut self,
+        mut p: Publish,
+        broker: &Arc<Broker>,
+        io: &Io<'_>,
+    ) -> Option<Exit> {
+        let limits = &broker.config.limits;
+        metric::hot().received(p.qos, p.payload.len());
+        if let Some(alias) = p.topic_alias.take() {
+            if alias == 0 || alias > limits.topic_alias_maximum {
+                return Some(Exit::Refused {
+                    code: reason::TOPIC_ALIAS_INVALID,
+                    why: format!(
+                        "[MQTT-3.3.2-9] topic alias {alias} outside 1..={}",
+                        limits.topic_alias_maximum
+                    ),
+                });
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Some(Exit::Refused {
+                            code: reason::PROTOCOL_ERROR,
+                            why: format!("topic alias {alias} was never set (MQTT 5 §3.3.2.3.4)"),
+                        })
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if let Err(e) = topic::validate_topic_name(&p.topic, limits.max_topic_levels) {
+            return Some(Exit::Refused {
+                code: reason::TOPIC_NAME_INVALID,
+                why: e.to_string(),
+            });
+        }
+        let mut extra = Vec::new();
+        if p.qos == QoS::ExactlyOnce {
+            if self.session.is_awaiting_release(p.packet_id) {
+                // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
+                let rec = Ack::new(AckKind::Rec, p.packet_id, reason::SUCCESS);
+                return queue_ack(io, Vec::new(), rec).await;
+            }
+            // Checked before the id is remembered, so a refused message's resend is
+            // routed rather than mistaken for a duplicate.
+            if self.session.inbound_qos2_count() >= usize::from(limits.receive_maximum) {
+                return Some(Exit::Refused {
+                    code: reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    why: format!(
+                        "[MQTT-3.3.4-9] more than receive_maximum {} QoS 2 messages unreleased",
+                        limits.receive_maximum
+                    ),
+                });
+            }
+            self.session.begin_inbound_qos2(p.packet_id);
+            if self.session.is_persistent() {
+                // Remembered across a restart, so a resent copy is not routed twice.
+                extra.push(Record::Qos2Received {
+                    session: self.client_id.to_string(),
+                    packet_id: p.packet_id,
+                });
+            }
+        }
+        let mut code = reason::SUCCESS;
+        let mut tickets = Vec::new();
+        if p.topic.starts_with('$') {
+            // `$` topics are the broker's ($SYS, $DLQ): clients may read, not write.
+            warn!(topic = %p.topic, "PUBLISH to a reserved '$' topic refused");
+            code = reason::NOT_AUTHORIZED;
+        } else if !broker.auth_files().may_write(
+            &self.client_id,
+            self.username.as_deref(),
+            &p.topic,
+        ) {
+            // v5 learns why from the ack; 3.x gets a normal ack and the message is
+            // dropped, as mosquitto does.
+            metrics::counter!(metric::ACL_DENIED, "access" => "write").increment(1);
+            warn!(topic = %p.topic, "PUBLISH denied by the ACL");
+            code = reason::NOT_AUTHORIZED;
+        } else {
+            let now = now_ms();
+            let message = Arc::new(Message {
+                id: broker.next_message_id(),
+                expires_at_ms: p
+                    .properties
+                    .message_expiry_interval
+                    .map(|s| now + u64::from(s) * 1000),
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: p.properties,
+                publisher: Arc::clone(&self.client_id),
+                received_at_ms: now,
+            });
+            match broker.accept(&message, extra).await {
+                Ok(accepted) => {
+                    if accepted.matched == 0 {
+                        code = reason::NO_MATCHING_SUBSCRIBERS;
+                    }
+                    tickets = accepted.tickets;
+                }
+                Err(e) => {
+                    warn!(error = %e, topic = %message.topic, "message not accepted: store unavailable");
+                    if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
+                        return Some(Exit::Refused {
+                            code: reason::UNSPECIFIED_ERROR,
+                            why: "the store failed; the message was not acknowledged".into(),
+                        });
+                    }
+                    code = match e {
+                        crate::store::StoreError::DiskFull => reason::QUOTA_EXCEEDED,
+                        _ => reason::UNSPECIFIED_ERROR,
+                    };
+                }
+            }
+        }
+        let kind = match p.qos {
+            // A QoS 0 message needs no answer; a retained one is stored without waiting.
+            QoS::AtMostOnce => return None,
+            QoS::AtLeastOnce => AckKind::Ack,
+            QoS::ExactlyOnce => {
+                if code >= 0x80 {
+                    // Refused: the flow ends here, no PUBREL will come.
+                    self.session.release_inbound_qos2(p.packet_id);
+                }
+                AckKind::Rec
+            }
+        };
+        queue_ack(io, tickets, Ack::new(kind, p.packet_id, code)).await
+    }
+
+    /// Commits the session's state if it is persistent (before SUBACK/UNSUBACK).
+    async fn persist_session(&self, broker: &Arc<Broker>) -> Option<Exit> {
+        if !self.session.is_persistent() {
+            return None;
+        }
+        match broker
+            .store
+            .commit(vec![session_record(&self.session)])
+            .await
+        {
+            Ok(()) => {
+                self.session.set_persisted(true);
+                None
+            }
+            Err(e) => Some(Exit::Refused {
+                code: reason::UNSPECIFIED_ERROR,
+                why: format!("session state not stored: {e}"),
+            }),
+        }
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        s: Subscribe,
+        broker: &Arc<Broker>,
+        io: &Io<'_>,
+    ) -> Option<Exit> {
+        let ctrl = io.ctrl;
+        let limits = &broker.config.limits;
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for f in &s.filters {
+            let shared = f.filter.starts_with("$share/");
+            if shared && f.options.no_local && self.version.is_v5() {
+                return Some(Exit::Refused {
+                    code: reason::PROTOCOL_ERROR,
+                    why: "[MQTT-3.8.3-4] no local on a shared subscription".into(),
+                });
+            }
+            let record = SubscriptionRecord {
+                options: f.options,
+                identifier: s.subscription_identifier,
+            };
+            if !broker.auth_files().may_subscribe(
+                &self.client_id,
+                self.username.as_deref(),
+                &f.filter,
+            ) {
+                metrics::counter!(metric::ACL_DENIED, "access" => "subscribe").increment(1);
+                warn!(filter = %f.filter, "SUBSCRIBE denied by the ACL");
+                reasons.push(reason::NOT_AUTHORIZED);
+                continue;
+            }
+            let existing = self.session.has_subscription(&f.filter);
+            if !existing && self.session.subscription_count() >= limits.max_subscriptions_per_client
+            {
+                warn!(filter = %f.filter, "subscription refused: max_subscriptions_per_client");
+                reasons.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
+            match broker.router.subscribe(
+                &self.session,
+                &f.filter,
+                f.options,
+                s.subscription_identifier,
+            ) {
+                Ok(_) => {}
+                Err(e) => {
+                    info!(filter = %f.filter, error = %e, "subscription refused");
+                    reasons.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            }
+            let existed = self.session.add_subscription(&f.filter, record);
+            reasons.push(f.options.qos as u8);
+            let send_retained = !shared
+                && match f.options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+            if send_retained {
+                for m in broker.router.retained_matching(&f.filter) {
+                    retained.push(Delivery {
+                        qos: m.qos.min(f.options.qos),
+                        message: m,
+                        retain: true,
+                        subscription_ids: s.subscription_identifier.into_iter().collect(),
+                        attempts: 0,
+                        durable: false,
+                    });
+                }
+            }
+        }
+        // A granted subscription of a persistent session survives a restart.
+        if let Some(exit) = self.persist_session(broker).await {
+            return Some(exit);
+        }
+        let ack = Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            reason_string: None,
+            user_properties: Vec::new(),
+        });
+        if ctrl.send(Control::Packet(Box::new(ack))).await.is_err() {
+            return Some(Exit::WriterGone);
+        }
+        if !retained.is_empty() && ctrl.send(Control::Enqueue(retained)).await.is_err() {
+            return Some(Exit::WriterGone);
+        }
+        None
+    }
+
+    async fn on_unsubscribe(
+        &mut self,
+        u: Unsubscribe,
+        broker: &Arc<Broker>,
+        io: &Io<'_>,
+    ) -> Option<Exit> {
+        let ctrl = io.ctrl;
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let had = self.session.remove_subscription(f);
+            broker.router.unsubscribe(&self.session.client_id, f);
+            reasons.push(if had {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        if let Some(exit) = self.persist_session(broker).await {
+            return Some(exit);
+        }
+        let ack = Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            reason_string: None,
+            user_properties: Vec::new(),
+        });
+        ctrl.send(Control::Packet(Box::new(ack)))
+            .await
+            .err()
+            .map(|_| Exit::WriterGone)
+    }
+}
+
+/// Hands an ack to the acker, which sends it once `ticket` (if any) is durable, in the
+/// order PUBLISHes arrived.
+async fn queue_ack(
+    io: &Io<'_>,
+    tickets: Vec<crate::store::CommitTicket>,
+    ack: Ack,
+) -> Option<Exit> {
+    // One ack in LATENCY_SAMPLE_EVERY carries its start time for the latency histogram.
+    let sampled = io
+        .ack_tick
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(metric::LATENCY_SAMPLE_EVERY);
+    io.acks
+        .send(PendingAck {
+            tickets,
+            ack,
+            received: sampled.then(std::time::Instant::now),
+        })
+        .await
+        .err()
+        .map(|_| Exit::WriterGone)
+}
