@@ -169,6 +169,8 @@ pub struct AuthConfig {
 pub struct MetricsConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
+    /// Seconds between `$SYS/broker/...` updates; 0 turns them off.
+    pub sys_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -235,6 +237,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9641)),
+            sys_interval_secs: 10,
         }
     }
 }

@@ -45,9 +45,10 @@ struct Cli {
     /// PEM CA bundle: --tls-listen then requires client certificates signed by it.
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
-    /// Seconds between `$SYS/broker/...` updates; 0 publishes none.
-    #[arg(long, value_name = "SECS", default_value_t = sluice::sys::DEFAULT_SYS_INTERVAL.as_secs())]
-    sys_interval: u64,
+    /// Seconds between `$SYS/broker/...` updates; 0 publishes none (overrides
+    /// `[metrics] sys_interval_secs`).
+    #[arg(long, value_name = "SECS")]
+    sys_interval: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -188,7 +189,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sys_interval = Duration::from_secs(cli.sys_interval);
+    let sys_interval = Duration::from_secs(config.metrics.sys_interval_secs);
     match runtime.block_on(run(config, sys_interval)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -362,6 +363,9 @@ fn load_config(cli: &Cli) -> Result<Config, sluice::config::ConfigError> {
     }
     if let Some(addr) = cli.metrics_listen {
         config.metrics.listen = addr;
+    }
+    if let Some(secs) = cli.sys_interval {
+        config.metrics.sys_interval_secs = secs;
     }
     config.validate()?;
     Ok(config)

@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
-/// `$SYS` interval when none is given (mosquitto's `sys_interval` default).
-pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the state gauges are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
