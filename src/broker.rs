@@ -257,8 +257,7 @@ impl Broker {
             crate::connection::schedule_expiry(self, &session, generation, expiry);
             restored += 1;
         }
-        for (topic, stored) in recovered.retained {
-            let _ = topic;
+        for (_, stored) in recovered.retained {
             self.router
                 .restore_retained(Arc::new(message_from_store(&stored)));
         }

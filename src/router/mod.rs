@@ -21,6 +21,9 @@ use std::sync::Arc;
 use topic::{FilterKind, TopicError};
 use trie::TopicTrie;
 
+/// Targets of one message up to which duplicates are found by a linear scan.
+const LINEAR_TARGETS: usize = 16;
+
 /// One subscription in a trie.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -116,19 +119,40 @@ impl Router {
     /// is queued yet: the caller makes the message durable first, then queues it.
     pub fn route(&self, message: &Arc<Message>) -> Vec<(Arc<Session>, Delivery)> {
         let mut targets: Vec<(Arc<Session>, Delivery)> = Vec::new();
-        let mut index: HashMap<*const Session, usize> = HashMap::new();
+        // Overlapping subscriptions of one session are found by a linear scan while the
+        // target list is short (the common case: no allocation per message), and by an
+        // index once it is long (wide fan-out).
+        let mut index: Option<HashMap<*const Session, usize>> = None;
         let mut add = |entry: &Entry, retain: bool| {
             let qos = message.qos.min(entry.options.qos);
             let key = Arc::as_ptr(&entry.session);
-            match index.get(&key) {
-                Some(&i) => {
+            let found = match &index {
+                Some(ix) => ix.get(&key).copied(),
+                None => targets.iter().position(|(s, _)| Arc::as_ptr(s) == key),
+            };
+            match found {
+                Some(i) => {
                     let d = &mut targets[i].1;
                     d.qos = d.qos.max(qos);
                     d.retain |= retain;
                     d.subscription_ids.extend(entry.identifier);
                 }
                 None => {
-                    index.insert(key, targets.len());
+                    match &mut index {
+                        Some(ix) => {
+                            ix.insert(key, targets.len());
+                        }
+                        None if targets.len() >= LINEAR_TARGETS => {
+                            let mut ix: HashMap<*const Session, usize> = targets
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (s, _))| (Arc::as_ptr(s), i))
+                                .collect();
+                            ix.insert(key, targets.len());
+                            index = Some(ix);
+                        }
+                        None => {}
+                    }
                     targets.push((
                         Arc::clone(&entry.session),
                         Delivery {
@@ -215,5 +239,77 @@ impl Router {
     /// Restores a retained message at start-up.
     pub fn restore_retained(&self, message: Arc<Message>) {
         self.retained.write().insert(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{MessageProperties, QoS};
+    use crate::session::{QueueLimits, EXPIRY_NEVER};
+    use bytes::Bytes;
+
+    fn session(id: &str) -> Arc<Session> {
+        Arc::new(Session::new(
+            Arc::from(id),
+            EXPIRY_NEVER,
+            QueueLimits {
+                max_messages: 10,
+                max_bytes: 1 << 20,
+                queue_qos0_offline: false,
+                drop_newest: false,
+                max_delivery_attempts: 0,
+            },
+        ))
+    }
+
+    fn message(topic: &str, qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            id: 1,
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            properties: MessageProperties::default(),
+            publisher: Arc::from("p"),
+            received_at_ms: 0,
+            expires_at_ms: None,
+        })
+    }
+
+    /// Overlapping subscriptions of one session merge into one delivery (highest QoS,
+    /// every identifier), both below and above the size where the index takes over.
+    #[test]
+    fn overlapping_subscriptions_merge_at_any_fan_out() {
+        for others in [0, 3, LINEAR_TARGETS + 5] {
+            let router = Router::new(64);
+            for i in 0..others {
+                let s = session(&format!("other-{i}"));
+                router
+                    .subscribe(&s, "a/#", SubscriptionOptions::default(), None)
+                    .expect("valid filter");
+            }
+            let twice = session("twice");
+            let at = |qos| SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            };
+            router
+                .subscribe(&twice, "a/+", at(QoS::AtMostOnce), Some(1))
+                .expect("valid");
+            router
+                .subscribe(&twice, "a/#", at(QoS::AtLeastOnce), Some(2))
+                .expect("valid");
+            let targets = router.route(&message("a/b", QoS::ExactlyOnce));
+            assert_eq!(targets.len(), others + 1, "one delivery per session");
+            let (_, d) = targets
+                .iter()
+                .find(|(s, _)| &*s.client_id == "twice")
+                .expect("routed");
+            assert_eq!(d.qos, QoS::AtLeastOnce);
+            let mut ids = d.subscription_ids.clone();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![1, 2]);
+        }
     }
 }

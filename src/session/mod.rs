@@ -379,10 +379,6 @@ impl Session {
         self.notify.notified().await
     }
 
-    pub fn wake(&self) {
-        self.notify.notify_one();
-    }
-
     /// Moves what may be sent now into `out`: first inflight messages to resend after a
     /// reconnect, then queued messages as the inflight window allows (QoS 0 needs no
     /// slot). Expired messages and ones larger than the client accepts are returned in

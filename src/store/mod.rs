@@ -178,17 +178,9 @@ pub struct RecoveredEntry {
 
 /// Resolves when a submitted batch is durable (or failed).
 #[derive(Debug)]
-pub struct CommitTicket(
-    oneshot::Receiver<Result<(), StoreError>>,
-    std::time::Instant,
-);
+pub struct CommitTicket(oneshot::Receiver<Result<(), StoreError>>);
 
 impl CommitTicket {
-    /// When the batch was submitted (for the PUBACK latency histogram).
-    pub fn submitted_at(&self) -> std::time::Instant {
-        self.1
-    }
-
     pub async fn wait(self) -> Result<(), StoreError> {
         self.0.await.unwrap_or(Err(StoreError::Closed))
     }
@@ -369,7 +361,6 @@ impl Store {
     /// the batch's place in the log (before anything that depends on it, such as a
     /// subscriber's ack) and then wait for the disk without holding up its other work.
     pub async fn submit(&self, records: Vec<Record>) -> Result<CommitTicket, StoreError> {
-        let submitted = std::time::Instant::now();
         self.check_poisoned()?;
         let (done, rx) = oneshot::channel();
         self.tx
@@ -379,7 +370,7 @@ impl Store {
             })
             .await
             .map_err(|_| self.closed())?;
-        Ok(CommitTicket(rx, submitted))
+        Ok(CommitTicket(rx))
     }
 
     /// Queues `records` as one batch; returns once the writer's channel took it, without
