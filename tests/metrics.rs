@@ -240,9 +240,20 @@ fn exposition_passes_promtool() {
     let s = Sluice::with_metrics("1");
     s.publish(1, "metrics/nobody", "x");
     s.publish(0, "metrics/nobody", "y");
-    // One sampler tick so the sampled series and the depth histogram exist.
-    std::thread::sleep(Duration::from_millis(1500));
-    let body = s.scrape();
+    // Wait for a sampler tick: the depth histogram exists only once the periodic
+    // sampler has run (a scrape alone does not record it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = s.scrape();
+        if body.contains("sluice_session_queue_depth_messages_count") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sampler tick within 10 s:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
