@@ -477,3 +477,21 @@ pub fn read_props(b: &[u8]) -> (Vec<Prop>, usize) {
     }
     (out, end)
 }
+
+/// Removes and returns the first whole packet buffered in `buf`, if there is one.
+pub fn take_packet(buf: &mut Vec<u8>) -> Option<Pkt> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, used) = read_varint(&buf[1..])?;
+    let total = 1 + used + len as usize;
+    if buf.len() < total {
+        return None;
+    }
+    let p = Pkt {
+        first: buf[0],
+        body: buf[1 + used..total].to_vec(),
+    };
+    buf.drain(..total);
+    Some(p)
+}

@@ -1,6 +1,6 @@
 //! A raw TCP MQTT client: sends bytes, reads whole packets, notices a close.
 
-use super::packet::{self, read_varint, Connect, Pkt, RecvPublish, CONNACK, PUBLISH};
+use super::packet::{self, Connect, Pkt, RecvPublish, CONNACK, PUBLISH};
 use super::WAIT;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,20 +84,7 @@ impl RawClient {
     }
 
     fn take_packet(&mut self) -> Option<Pkt> {
-        if self.buf.len() < 2 {
-            return None;
-        }
-        let (len, used) = read_varint(&self.buf[1..])?;
-        let total = 1 + used + len as usize;
-        if self.buf.len() < total {
-            return None;
-        }
-        let p = Pkt {
-            first: self.buf[0],
-            body: self.buf[1 + used..total].to_vec(),
-        };
-        self.buf.drain(..total);
-        Some(p)
+        packet::take_packet(&mut self.buf)
     }
 
     /// Expects the next packet to be of `kind`.

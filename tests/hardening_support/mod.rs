@@ -2,7 +2,7 @@
 //! of the broker, a packet splitter for pipelined raw clients, and a liveness probe.
 #![allow(dead_code)]
 
-use crate::common::packet::{self, read_varint, Connect, Pkt};
+use crate::common::packet::{self, Connect, Pkt};
 use crate::common::Broker;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -119,20 +119,7 @@ impl Frames {
     }
 
     pub fn next_packet(&mut self) -> Option<Pkt> {
-        if self.buf.len() < 2 {
-            return None;
-        }
-        let (len, used) = read_varint(&self.buf[1..])?;
-        let total = 1 + used + len as usize;
-        if self.buf.len() < total {
-            return None;
-        }
-        let p = Pkt {
-            first: self.buf[0],
-            body: self.buf[1 + used..total].to_vec(),
-        };
-        self.buf.drain(..total);
-        Some(p)
+        packet::take_packet(&mut self.buf)
     }
 }
 
