@@ -1,7 +1,9 @@
 //! What the reader does with each packet after CONNECT: PUBLISH (accept, make durable,
 //! queue the ack), the acks of both flows, SUBSCRIBE/UNSUBSCRIBE, PINGREQ, DISCONNECT.
 
+use super::writer::Outbound;
 use super::*;
+use crate::dead_letter::DeadLetterReason;
 
 impl Connection {
     /// Handles one packet; returns why to stop, if it must.
@@ -9,11 +11,10 @@ impl Connection {
         &mut self,
         packet: Packet,
         broker: &Arc<Broker>,
-        io: &Io<'_>,
+        ob: &mut Outbound,
     ) -> Option<Exit> {
-        let ctrl = io.ctrl;
         match packet {
-            Packet::Publish(p) => return self.on_publish(p, broker, io).await,
+            Packet::Publish(p) => return self.on_publish(p, broker, ob).await,
             Packet::PubAck(a) => match self.session.puback(a.packet_id) {
                 Some(done) if done.durable => broker.ack_durable(&self.session, &done).await,
                 Some(_) => {}
@@ -34,8 +35,8 @@ impl Connection {
                             broker.ack_durable(&self.session, &done).await;
                         }
                     }
-                } else if ctrl.send(Control::Ack(rel)).await.is_err() {
-                    return Some(Exit::WriterGone);
+                } else {
+                    ob.packet(&rel.packet());
                 }
             }
             Packet::PubComp(a) => match self.session.pubcomp(a.packet_id) {
@@ -67,19 +68,11 @@ impl Connection {
                         }
                     }
                 }
-                return queue_ack(io, tickets, comp).await;
+                ob.ack(tickets, comp);
             }
-            Packet::Subscribe(s) => return self.on_subscribe(s, broker, io).await,
-            Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, io).await,
-            Packet::PingReq => {
-                if ctrl
-                    .send(Control::Packet(Box::new(Packet::PingResp)))
-                    .await
-                    .is_err()
-                {
-                    return Some(Exit::WriterGone);
-                }
-            }
+            Packet::Subscribe(s) => return self.on_subscribe(s, broker, ob).await,
+            Packet::Unsubscribe(u) => return self.on_unsubscribe(u, broker, ob).await,
+            Packet::PingReq => ob.packet(&Packet::PingResp),
             Packet::Disconnect(d) => {
                 if let Some(expiry) = d.session_expiry_interval {
                     if self.expiry_secs == 0 && expiry != 0 {
@@ -118,7 +111,7 @@ impl Connection {
         &mut self,
         mut p: Publish,
         broker: &Arc<Broker>,
-        io: &Io<'_>,
+        ob: &mut Outbound,
     ) -> Option<Exit> {
         let limits = &broker.config.limits;
         metric::hot().received(p.qos, p.payload.len());
@@ -157,7 +150,8 @@ impl Connection {
             if self.session.is_awaiting_release(p.packet_id) {
                 // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
                 let rec = Ack::new(AckKind::Rec, p.packet_id, reason::SUCCESS);
-                return queue_ack(io, Vec::new(), rec).await;
+                ob.ack(Vec::new(), rec);
+                return None;
             }
             // Checked before the id is remembered, so a refused message's resend is
             // routed rather than mistaken for a duplicate.
@@ -245,7 +239,8 @@ impl Connection {
                 AckKind::Rec
             }
         };
-        queue_ack(io, tickets, Ack::new(kind, p.packet_id, code)).await
+        ob.ack(tickets, Ack::new(kind, p.packet_id, code));
+        None
     }
 
     /// Commits the session's state if it is persistent (before SUBACK/UNSUBACK).
@@ -273,9 +268,8 @@ impl Connection {
         &mut self,
         s: Subscribe,
         broker: &Arc<Broker>,
-        io: &Io<'_>,
+        ob: &mut Outbound,
     ) -> Option<Exit> {
-        let ctrl = io.ctrl;
         let limits = &broker.config.limits;
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
@@ -352,11 +346,14 @@ impl Connection {
             reason_string: None,
             user_properties: Vec::new(),
         });
-        if ctrl.send(Control::Packet(Box::new(ack))).await.is_err() {
-            return Some(Exit::WriterGone);
-        }
-        if !retained.is_empty() && ctrl.send(Control::Enqueue(retained)).await.is_err() {
-            return Some(Exit::WriterGone);
+        ob.packet(&ack);
+        // Queued after the SUBACK is encoded, so they reach the client after it.
+        for d in retained {
+            for evicted in self.session.enqueue(d).evicted {
+                broker
+                    .undeliverable(&self.session, evicted, DeadLetterReason::QueueFull)
+                    .await;
+            }
         }
         None
     }
@@ -365,9 +362,8 @@ impl Connection {
         &mut self,
         u: Unsubscribe,
         broker: &Arc<Broker>,
-        io: &Io<'_>,
+        ob: &mut Outbound,
     ) -> Option<Exit> {
-        let ctrl = io.ctrl;
         let mut reasons = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
             let had = self.session.remove_subscription(f);
@@ -387,32 +383,7 @@ impl Connection {
             reason_string: None,
             user_properties: Vec::new(),
         });
-        ctrl.send(Control::Packet(Box::new(ack)))
-            .await
-            .err()
-            .map(|_| Exit::WriterGone)
+        ob.packet(&ack);
+        None
     }
-}
-
-/// Hands an ack to the acker, which sends it once `ticket` (if any) is durable, in the
-/// order PUBLISHes arrived.
-async fn queue_ack(
-    io: &Io<'_>,
-    tickets: Vec<crate::store::CommitTicket>,
-    ack: Ack,
-) -> Option<Exit> {
-    // One ack in LATENCY_SAMPLE_EVERY carries its start time for the latency histogram.
-    let sampled = io
-        .ack_tick
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .is_multiple_of(metric::LATENCY_SAMPLE_EVERY);
-    io.acks
-        .send(PendingAck {
-            tickets,
-            ack,
-            received: sampled.then(std::time::Instant::now),
-        })
-        .await
-        .err()
-        .map(|_| Exit::WriterGone)
 }

@@ -1,13 +1,13 @@
-//! One client connection: handshake, reader, writer, keepalive and shutdown.
+//! One client connection: handshake, reading, writing, keepalive and shutdown.
 //!
 //! Owns the socket, its read and write buffers, the keepalive deadline, inbound topic
-//! aliases and the will. The task that calls [`serve`] reads and handles packets; a
-//! second task (the writer) owns the write half and sends, in order, the control packets
-//! the reader hands it (CONNACK, acks, SUBACK, ...) and then whatever the session queue
-//! holds, within the inflight window, several packets per `write`.
-//!
-//! The reader only ever waits on the socket, the writer's channel (backpressure when the
-//! client does not read), the kick of a takeover, and shutdown — all in one `select!`.
+//! aliases and the will. Everything runs in the one task that calls [`serve`]: it reads
+//! and handles packets, encodes its answers and the session's deliveries into
+//! [`writer::Outbound`], and writes them, all from one `select!` that also listens for
+//! the store's commits, the kick of a takeover, keepalive and shutdown. One task and no
+//! channels keep an idle connection small (see README, Performance); rare work (the
+//! handshake's store commit, non-PUBLISH packets, the cleanup) is boxed so its state is
+//! not part of every connection's future.
 
 use crate::broker::Broker;
 use crate::listener::Listener;
@@ -22,18 +22,20 @@ use crate::session::{
     next_connection_id, Delivery, LinkLimits, Session, SubscriptionRecord, EXPIRY_NEVER,
 };
 use crate::store::Record;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use lifecycle::{
     append_records, attach_session, end_or_schedule_expiry, finish_discard, publish_will,
     session_record,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use writer::{run_acker, run_writer, PendingAck, WriterCtx};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use writer::{front_ticket, Outbound};
 
 mod handlers;
 mod handshake;
@@ -43,51 +45,54 @@ mod lifecycle;
 mod writer;
 
 pub use lifecycle::schedule_expiry;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-/// Control packets the reader may queue for the writer before it stops reading.
-const CONTROL_CAPACITY: usize = 256;
-/// Read buffer to start with and to shrink back to when idle.
+/// Read buffer to allocate when bytes arrive on a connection that holds none.
 const READ_BUFFER: usize = 4 * 1024;
-/// Without a byte for this long, an empty read buffer is freed.
-const IDLE_RELEASE: Duration = Duration::from_secs(2);
-/// What a connection without a buffer reads into first.
+/// What a connection without a buffer reads into first (on the stack of `poll`, not in
+/// the connection's future); also the read size below which a connection counts as
+/// quiet and gives its buffer back when the socket has nothing more.
 const SMALL_READ: usize = 512;
 
-/// Reads what the socket has into `buf`. With an allocated buffer this is one
-/// `read_buf`; without one, the bytes land in a small array on the task first and the
-/// buffer is allocated only once they exist, so a waiting connection holds no buffer.
-async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() >= SMALL_READ {
-        return rd.read_buf(buf).await;
+/// Reads what the socket has into `buf`. A connection that holds no buffer reads into a
+/// small array on the stack first and allocates only once bytes exist; a quiet one
+/// (`release`) frees its empty buffer when the socket has nothing, so a waiting
+/// connection holds no read buffer. A busy one keeps it between reads.
+fn poll_read_some<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    release: bool,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        let mut first = [0u8; SMALL_READ];
+        let mut rb = ReadBuf::new(&mut first);
+        ready!(Pin::new(rd).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        buf.reserve(READ_BUFFER.max(n));
+        buf.extend_from_slice(rb.filled());
+        return Poll::Ready(Ok(n));
     }
-    if buf.capacity() > 0 {
+    if buf.capacity() - buf.len() < SMALL_READ {
         buf.reserve(READ_BUFFER);
-        return rd.read_buf(buf).await;
     }
-    let mut first = [0u8; SMALL_READ];
-    let n = rd.read(&mut first).await?;
-    buf.reserve(READ_BUFFER.max(n));
-    buf.extend_from_slice(&first[..n]);
-    Ok(n)
+    let polled = tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf);
+    if polled.is_pending() && release && buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+    polled
 }
 
-/// How long the reader waits for the writer to flush its last packets.
+/// [`poll_read_some`] as a future, keeping the buffer (the handshake's reads).
+async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_some(rd, buf, false, cx)).await
+}
+
+/// How long the cleanup waits for pending acks, and then for the last bytes to be
+/// written, before it gives up on a client.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
-
-/// What the reader asks of the writer. Kept small (acks by value, rare packets boxed):
-/// every connection's channel preallocates a block of these.
-enum Control {
-    Ack(Ack),
-    Packet(Box<Packet>),
-    /// Retained messages for a new subscription: queued after its SUBACK is encoded.
-    Enqueue(Vec<Delivery>),
-    /// Send this DISCONNECT (v5) if any, flush, and close.
-    Close(Option<Box<Disconnect>>),
-}
 
 /// PUBACK, PUBREC, PUBREL or PUBCOMP without properties: the broker's acks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +156,11 @@ enum Exit {
     },
     TakenOver,
     Shutdown,
+    /// A write to the client failed.
     WriterGone,
+    /// The store failed to make a message durable and the client cannot be told (3.x,
+    /// or a PUBCOMP): it gets no ack and the connection closes.
+    StoreFailed,
 }
 
 impl Exit {
@@ -170,6 +179,7 @@ impl Exit {
             Exit::Refused { code, .. } => Some(*code),
             Exit::TakenOver => Some(reason::SESSION_TAKEN_OVER),
             Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Exit::StoreFailed => Some(reason::UNSPECIFIED_ERROR),
         }
     }
 }
@@ -241,27 +251,6 @@ where
     .await
 }
 
-/// The helper tasks of a connection and the channels to them, for the cleanup.
-struct Tasks {
-    ctrl_tx: mpsc::Sender<Control>,
-    acks_tx: mpsc::Sender<PendingAck>,
-    writer: tokio::task::JoinHandle<()>,
-    acker: tokio::task::JoinHandle<()>,
-    store_failed: CancellationToken,
-}
-
-/// The channels a reader uses, bundled.
-struct Io<'a> {
-    /// Control packets for the writer, in order.
-    ctrl: &'a mpsc::Sender<Control>,
-    /// Accepted QoS 1/2 PUBLISHes waiting for the store, for the acker.
-    acks: &'a mpsc::Sender<PendingAck>,
-    writer_done: &'a CancellationToken,
-    store_failed: &'a CancellationToken,
-    /// Counts acks so one in LATENCY_SAMPLE_EVERY is timed.
-    ack_tick: std::sync::atomic::AtomicU32,
-}
-
 /// State of an established connection, owned by its reader.
 struct Connection {
     version: ProtocolVersion,
@@ -288,83 +277,32 @@ impl Connection {
     async fn run<R, W>(
         mut self,
         mut rd: ReadHalf<R>,
-        wr: WriteHalf<W>,
+        mut wr: WriteHalf<W>,
         mut buf: BytesMut,
         broker: Arc<Broker>,
     ) where
         R: AsyncRead + Send + 'static,
         W: AsyncWrite + Send + 'static,
         ReadHalf<R>: Unpin,
-        WriteHalf<W>: Unpin + Send + 'static,
+        WriteHalf<W>: Unpin,
     {
         metrics::gauge!(metric::CONNECTIONS).increment(1.0);
-        // What a restart must see about this session is durable before CONNACK.
-        let mut refused = false;
-        let records = std::mem::take(&mut self.records);
-        if !records.is_empty() {
-            if let Err(e) = Box::pin(broker.store.commit(records)).await {
-                warn!(error = %e, "session state not stored; refusing the connection");
-                self.connack = ConnAck {
-                    session_present: false,
-                    code: reason::SERVER_UNAVAILABLE,
-                    properties: ConnAckProperties::default(),
-                };
-                refused = true;
-            }
-        }
-        Box::pin(finish_discard(&broker, std::mem::take(&mut self.discarded))).await;
-        let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_CAPACITY);
-        let writer_done = CancellationToken::new();
-        // The CONNACK goes first: the writer drains control packets before the queue.
-        let _ = ctrl_tx
-            .send(Control::Packet(Box::new(Packet::ConnAck(
-                self.connack.clone(),
-            ))))
-            .await;
-        let writer = tokio::spawn(
-            run_writer(
-                wr,
-                WriterCtx {
-                    session: Arc::clone(&self.session),
-                    conn_id: self.conn_id,
-                    version: self.version,
-                    broker: Arc::clone(&broker),
-                    username: self.username.clone(),
-                },
-                ctrl_rx,
-                writer_done.clone(),
-            )
-            .in_current_span(),
-        );
-        let window = usize::from(broker.config.limits.receive_maximum).max(1);
-        let (acks_tx, acks_rx) = mpsc::channel(window);
-        let store_failed = CancellationToken::new();
-        let acker = tokio::spawn(
-            run_acker(
-                acks_rx,
-                ctrl_tx.clone(),
-                self.version,
-                Arc::clone(&self.session),
-                store_failed.clone(),
-            )
-            .in_current_span(),
-        );
-
+        let window = usize::from(broker.config.limits.receive_maximum);
+        let mut ob = Outbound::new(self.version, window);
+        // Boxed: the commit's future is only needed once per connection.
+        let refused = Box::pin(self.commit_handshake(&broker)).await;
+        // The CONNACK goes first.
+        ob.packet(&Packet::ConnAck(self.connack.clone()));
         let exit = if refused {
             Exit::Refused {
                 code: reason::SERVER_UNAVAILABLE,
                 why: "store unavailable".into(),
             }
         } else {
-            let io = Io {
-                ctrl: &ctrl_tx,
-                acks: &acks_tx,
-                writer_done: &writer_done,
-                store_failed: &store_failed,
-                ack_tick: std::sync::atomic::AtomicU32::new(0),
-            };
-            self.read_loop(&mut rd, &mut buf, &broker, &io).await
+            self.read_loop(&mut rd, &mut wr, &mut buf, &broker, &mut ob)
+                .await
         };
+        drop(buf);
         match &exit {
             Exit::Disconnect { .. } => info!("client disconnected"),
             Exit::Lost(why) => info!(reason = %why, "connection lost"),
@@ -374,34 +312,66 @@ impl Connection {
             Exit::TakenOver => info!("session taken over by a new connection"),
             Exit::Shutdown => debug!("closing for shutdown"),
             Exit::WriterGone => info!("write failed; closing"),
+            Exit::StoreFailed => {
+                warn!("the store failed; a message could not be acknowledged; closing")
+            }
         }
-        let tasks = Tasks {
-            ctrl_tx,
-            acks_tx,
-            writer,
-            acker,
-            store_failed,
-        };
         // Boxed: the cleanup's futures would otherwise be part of every connection's
         // task for its whole life.
-        Box::pin(self.finish(exit, refused, tasks, &broker)).await;
+        Box::pin(self.finish(exit, refused, wr, ob, &broker)).await;
         metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
     }
 
-    /// After the read loop: flush pending acks, record attempts, detach the session (and
-    /// end it or schedule its expiry), publish the will, then close the socket.
-    async fn finish(&mut self, exit: Exit, refused: bool, tasks: Tasks, broker: &Arc<Broker>) {
-        let Tasks {
-            ctrl_tx,
-            acks_tx,
-            mut writer,
-            acker,
-            store_failed,
-        } = tasks;
-        // Acks still waiting for the disk go out before the writer closes.
-        drop(acks_tx);
-        if !store_failed.is_cancelled() {
-            let _ = tokio::time::timeout(WRITER_DRAIN, acker).await;
+    /// Makes what a restart must see about this session durable before CONNACK, and
+    /// dead-letters what the sessions a clean start ended still held. Returns true when
+    /// the store failed and the connection is refused.
+    async fn commit_handshake(&mut self, broker: &Arc<Broker>) -> bool {
+        let mut refused = false;
+        let records = std::mem::take(&mut self.records);
+        if !records.is_empty() {
+            if let Err(e) = broker.store.commit(records).await {
+                warn!(error = %e, "session state not stored; refusing the connection");
+                self.connack = ConnAck {
+                    session_present: false,
+                    code: reason::SERVER_UNAVAILABLE,
+                    properties: ConnAckProperties::default(),
+                };
+                refused = true;
+            }
+        }
+        finish_discard(broker, std::mem::take(&mut self.discarded)).await;
+        refused
+    }
+
+    /// After the read loop: send the acks still waiting for the disk, record attempts,
+    /// detach the session (and end it or schedule its expiry), publish the will, then
+    /// flush and close the socket.
+    async fn finish<W>(
+        &mut self,
+        exit: Exit,
+        refused: bool,
+        mut wr: WriteHalf<W>,
+        mut ob: Outbound,
+        broker: &Arc<Broker>,
+    ) where
+        W: AsyncWrite,
+        WriteHalf<W>: Unpin,
+    {
+        // Acks still waiting for the disk go out before the socket closes.
+        if !matches!(exit, Exit::StoreFailed) {
+            let drained = tokio::time::timeout(WRITER_DRAIN, async {
+                while ob.waits_for_store() {
+                    let result = front_ticket(&mut ob.acks).await;
+                    if ob.ticket_done(result, &self.session).is_err() {
+                        return;
+                    }
+                }
+                let _ = ob.settle(&self.session);
+            })
+            .await;
+            if drained.is_err() {
+                debug!("acks still waiting for the store after the drain time; not sent");
+            }
         }
         let expiry = self.session.expiry_secs();
         if self.session.is_owned_by(self.conn_id) && self.session.is_persisted() {
@@ -431,49 +401,65 @@ impl Connection {
         // The socket closes only after the session is detached (and, with expiry 0,
         // gone): a client that reconnects the moment it sees the close must not find
         // the old session still there [MQTT-3.1.2-23].
-        let disconnect = match exit.disconnect_code() {
-            Some(code) if self.version.is_v5() && !refused => Some(Disconnect {
-                reason: code,
-                ..Disconnect::default()
-            }),
-            _ => None,
-        };
+        if let Some(code) = exit.disconnect_code() {
+            if self.version.is_v5() && !refused {
+                ob.packet(&Packet::Disconnect(Disconnect {
+                    reason: code,
+                    ..Disconnect::default()
+                }));
+            }
+        }
         let closed = tokio::time::timeout(WRITER_DRAIN, async {
-            let _ = ctrl_tx.send(Control::Close(disconnect.map(Box::new))).await;
-            drop(ctrl_tx);
-            let _ = (&mut writer).await;
+            if !matches!(exit, Exit::WriterGone) && !ob.out.is_empty() {
+                let _ = wr.write_all(&ob.out).await;
+            }
+            let _ = wr.shutdown().await;
         })
         .await;
         if closed.is_err() {
-            debug!("writer did not finish in time; aborting it");
-            writer.abort();
+            debug!("client did not take the last bytes in time; closing anyway");
         }
     }
 
-    async fn read_loop<R: AsyncRead>(
+    /// Reads, handles and answers packets until the connection must end.
+    async fn read_loop<R: AsyncRead, W: AsyncWrite>(
         &mut self,
         rd: &mut ReadHalf<R>,
+        wr: &mut WriteHalf<W>,
         buf: &mut BytesMut,
         broker: &Arc<Broker>,
-        io: &Io<'_>,
+        ob: &mut Outbound,
     ) -> Exit
     where
         ReadHalf<R>: Unpin,
+        WriteHalf<W>: Unpin,
     {
         let max_packet = broker.config.limits.max_packet_size as usize;
         // Keepalive: one and a half times the interval without any packet [MQTT-3.1.2-24].
         let grace = self.keep_alive + self.keep_alive / 2;
         let mut deadline = Instant::now() + grace;
+        // A quiet connection (its last read was small) frees its read buffer while it
+        // waits; a busy one keeps it.
+        let mut quiet = true;
         loop {
+            // Packets already read, as long as their answers have room.
             loop {
+                if !ob.has_room() {
+                    if let Err(exit) = ob.settle(&self.session) {
+                        return exit;
+                    }
+                    if !ob.has_room() {
+                        break;
+                    }
+                }
                 match protocol::decode(buf, Some(self.version), max_packet) {
                     Ok(Some(packet)) => {
                         deadline = Instant::now() + grace;
                         // PUBLISH is handled inline (the hot path); the other packets'
                         // handling is boxed so it does not grow every connection's task.
                         let exit = match packet {
-                            Packet::Publish(p) => self.on_publish(p, broker, io).await,
-                            other => Box::pin(self.handle(other, broker, io)).await,
+                            Packet::Publish(p) => self.on_publish(p, broker, ob).await,
+                            other => Box::pin(self.handle(other, broker, ob)).await,
                         };
                         if let Some(exit) = exit {
                             return exit;
@@ -483,16 +469,17 @@ impl Connection {
                     Err(e) => return Exit::Protocol(e),
                 }
             }
-            // An idle connection gives its buffer back: after IDLE_RELEASE without a byte,
-            // an empty buffer is freed and the next read allocates again.
-            let releasable = buf.is_empty() && buf.capacity() > 0;
-            let idle = async {
-                if releasable {
-                    tokio::time::sleep(IDLE_RELEASE).await
-                } else {
-                    std::future::pending::<()>().await
-                }
-            };
+            if let Err(exit) = ob.settle(&self.session) {
+                return exit;
+            }
+            if ob.wants_deliveries() && ob.more_queued() {
+                self.fill(ob, broker).await;
+            }
+            ob.release_if_idle();
+            let may_read = ob.has_room();
+            let may_write = !ob.out.is_empty();
+            let waits_for_store = ob.waits_for_store();
+            let wants_deliveries = ob.wants_deliveries();
             let keepalive = async {
                 if grace.is_zero() {
                     std::future::pending::<()>().await
@@ -500,26 +487,158 @@ impl Connection {
                     tokio::time::sleep_until(deadline).await
                 }
             };
+            let release = quiet;
+            let read = std::future::poll_fn(|cx| poll_read_some(rd, buf, release, cx));
             tokio::select! {
                 biased;
                 _ = broker.shutdown.cancelled() => return Exit::Shutdown,
                 _ = &mut self.kick => return Exit::TakenOver,
-                _ = io.writer_done.cancelled() => return Exit::WriterGone,
-                _ = io.store_failed.cancelled() => return Exit::Refused {
-                    code: reason::UNSPECIFIED_ERROR,
-                    why: "the store failed; a message could not be acknowledged".into(),
-                },
                 _ = keepalive => return Exit::KeepAlive,
-                _ = idle => {
-                    *buf = BytesMut::new();
-                    continue;
+                result = front_ticket(&mut ob.acks), if waits_for_store => {
+                    if let Err(exit) = ob.ticket_done(result, &self.session) {
+                        return exit;
+                    }
                 }
-                read = read_some(rd, buf) => match read {
+                written = wr.write(&ob.out), if may_write => match written {
+                    Ok(0) => return Exit::WriterGone,
+                    Ok(n) => ob.out.advance(n),
+                    Err(e) => {
+                        debug!(error = %e, "write failed");
+                        return Exit::WriterGone;
+                    }
+                },
+                _ = self.session.notified(), if wants_deliveries => ob.notified(),
+                read = read, if may_read => match read {
                     Ok(0) => return Exit::Lost("peer closed the connection".into()),
-                    Ok(_) => {}
+                    Ok(n) => quiet = n < SMALL_READ,
                     Err(e) => return Exit::Lost(e.to_string()),
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test]
+    async fn print_future_sizes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = crate::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        let broker = Broker::open(config).expect("open");
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let c = TcpStream::connect(addr).await.expect("connect");
+        let (s, peer) = l.accept().await.expect("accept");
+        let listener =
+            Arc::new(Listener::new(crate::config::ListenerConfig::tcp(addr)).expect("l"));
+        let permit = Arc::clone(&broker.connection_permits)
+            .try_acquire_owned()
+            .expect("permit");
+        let fut = crate::listener::serve_accepted(s, peer, listener, Arc::clone(&broker), permit);
+        eprintln!("serve_accepted: {}", std::mem::size_of_val(&fut));
+        drop(fut);
+        drop(c);
+        eprintln!("Connection: {}", std::mem::size_of::<Connection>());
+        eprintln!("Outbound: {}", std::mem::size_of::<Outbound>());
+        eprintln!("Session: {}", std::mem::size_of::<Session>());
+        let mut bytes = BytesMut::from(&b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04abcd"[..]);
+        let Ok(Some(Packet::Connect(connect))) = protocol::decode(&mut bytes, None, 1 << 20) else {
+            panic!("connect");
+        };
+        let listener =
+            Arc::new(Listener::new(crate::config::ListenerConfig::tcp(addr)).expect("l"));
+        let info = ConnInfo {
+            listener,
+            tls_identity: None,
+        };
+        let Ok(mut conn) = Connection::handshake(connect, &broker, &info) else {
+            panic!("hs")
+        };
+        let (a, _b) = tokio::io::duplex(64);
+        let (mut rd, mut wr) = tokio::io::split(a);
+        let mut buf = BytesMut::new();
+        {
+            let f = read_connect(&mut rd, &mut buf, &broker);
+            eprintln!("read_connect: {}", std::mem::size_of_val(&f));
+        }
+        let mut ob = Outbound::new(ProtocolVersion::V3_1_1, 10);
+        {
+            let f = conn.read_loop(&mut rd, &mut wr, &mut buf, &broker, &mut ob);
+            eprintln!("read_loop: {}", std::mem::size_of_val(&f));
+        }
+        {
+            let p = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "a".into(),
+                packet_id: 1,
+                payload: bytes::Bytes::new(),
+                topic_alias: None,
+                properties: Default::default(),
+                subscription_identifiers: Vec::new(),
+            };
+            let f = conn.on_publish(p, &broker, &mut ob);
+            eprintln!("on_publish: {}", std::mem::size_of_val(&f));
+        }
+        {
+            let f = conn.fill(&mut ob, &broker);
+            eprintln!("fill: {}", std::mem::size_of_val(&f));
+        }
+        {
+            let m = Arc::new(Message {
+                id: 1,
+                expires_at_ms: None,
+                topic: "a".into(),
+                payload: bytes::Bytes::new(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                publisher: "x".into(),
+                received_at_ms: 0,
+            });
+            let f = broker.accept(&m, Vec::new());
+            eprintln!("broker.accept: {}", std::mem::size_of_val(&f));
+            drop(f);
+            let f = broker.store.submit(Vec::new());
+            eprintln!("store.submit: {}", std::mem::size_of_val(&f));
+            drop(f);
+            let d = Delivery {
+                message: Arc::clone(&m),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+                attempts: 0,
+                durable: false,
+            };
+            let f = broker.undeliverable(
+                &conn.session,
+                d,
+                crate::dead_letter::DeadLetterReason::QueueFull,
+            );
+            eprintln!("undeliverable: {}", std::mem::size_of_val(&f));
+            drop(f);
+            eprintln!(
+                "Publish: {} Message: {}",
+                std::mem::size_of::<Publish>(),
+                std::mem::size_of::<Message>()
+            );
+        }
+        {
+            let f = broker.shutdown.cancelled();
+            eprintln!("cancelled: {}", std::mem::size_of_val(&f));
+            let f = tokio::time::sleep(Duration::from_secs(1));
+            eprintln!("sleep: {}", std::mem::size_of_val(&f));
+            let f = conn.session.notified();
+            eprintln!("notified: {}", std::mem::size_of_val(&f));
+        }
+        let f = conn.run(rd, wr, buf, Arc::clone(&broker));
+        eprintln!("run: {}", std::mem::size_of_val(&f));
     }
 }

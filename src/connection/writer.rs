@@ -1,248 +1,296 @@
-//! The two helper tasks of a connection.
+//! What a connection sends, and in which order: the connection's outbound side.
 //!
-//! The writer owns the socket's write half: it sends, in order, the control packets the
-//! reader queued (CONNACK, acks, SUBACK, ...), then whatever the session queue holds
-//! within the inflight window, many packets per `write`. The acker turns each accepted
-//! QoS 1/2 PUBLISH into its PUBACK/PUBREC once the store has made it durable, in the
-//! order the PUBLISHes arrived [MQTT-4.6.0-2], so one publisher's messages share fsyncs
-//! instead of waiting for one each.
+//! [`Outbound`] holds the bytes encoded for the client and not yet written, and the acks
+//! waiting for the store. It lives in the connection's one task next to the reader (no
+//! writer task, no channels: an idle connection is one small future). The reader encodes
+//! control packets (CONNACK, SUBACK, PINGRESP, ...) straight into it; each QoS 1/2
+//! PUBLISH's PUBACK/PUBREC waits in `acks` until the store has made the message durable,
+//! and goes out in the order the PUBLISHes arrived [MQTT-4.6.0-2], so one publisher's
+//! messages share fsyncs instead of waiting for one each. Deliveries from the session
+//! queue are encoded, many per `write`, whenever everything before them has been written.
+//!
+//! Backpressure: the reader stops reading while [`Outbound::has_room`] is false (the
+//! client does not read what we send, or the store is slow), so nothing here is
+//! unbounded.
 
-use super::{Ack, AckKind, Control};
+use super::{Ack, AckKind, Connection, Exit};
 use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
 use crate::metrics as metric;
-use crate::protocol::{
-    self, reason, Disconnect, OutboundPublish, Packet, ProtocolVersion, PubResponse,
-};
-use crate::session::{Delivery, Outgoing, Session};
+use crate::protocol::{self, reason, OutboundPublish, Packet, ProtocolVersion, PubResponse};
+use crate::session::{Delivery, Outgoing};
 use crate::store::{CommitTicket, StoreError};
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-/// Most packets the writer encodes before one `write`.
+/// Most packets encoded from the session queue before one `write`.
 const WRITE_BATCH: usize = 256;
+/// Encoded bytes not yet written above which the reader stops reading: a client that
+/// does not read cannot make us buffer its answers without bound.
+const OUT_LIMIT: usize = 64 * 1024;
 
-/// Who the writer writes for.
-pub(super) struct WriterCtx {
-    pub session: Arc<Session>,
-    pub conn_id: u64,
-    pub version: ProtocolVersion,
-    pub broker: Arc<Broker>,
-    /// For the ACL check at delivery.
-    pub username: Option<String>,
-}
-
-/// The writer task: sends control packets in order, then the session's deliveries.
-pub(super) async fn run_writer<W>(
-    mut wr: WriteHalf<W>,
-    ctx: WriterCtx,
-    mut ctrl: mpsc::Receiver<Control>,
-    done: CancellationToken,
-) where
-    W: AsyncWrite + Send + 'static,
-    WriteHalf<W>: Unpin,
-{
-    let WriterCtx {
-        session,
-        conn_id,
-        version,
-        broker,
-        username,
-    } = ctx;
-    // Allocated while there is something to write, released before waiting, so an idle
-    // connection holds no write buffer.
-    let mut out = BytesMut::new();
-    let mut outgoing = Vec::new();
-    let mut dropped = Vec::new();
-    let mut next: Option<Control> = None;
-    // Counts live deliveries so one in LATENCY_SAMPLE_EVERY is timed.
-    let mut sample_tick: u32 = 0;
-    let mut closing: Option<Option<Disconnect>> = None;
-    loop {
-        // Control packets first, in the order the reader queued them.
-        loop {
-            let item = match next.take() {
-                Some(c) => c,
-                None => match ctrl.try_recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                },
-            };
-            match item {
-                Control::Ack(a) => protocol::encode(&a.packet(), version, &mut out),
-                Control::Packet(p) => protocol::encode(&p, version, &mut out),
-                Control::Enqueue(deliveries) => {
-                    for d in deliveries {
-                        for evicted in session.enqueue(d).evicted {
-                            broker
-                                .undeliverable(&session, evicted, DeadLetterReason::QueueFull)
-                                .await;
-                        }
-                    }
-                }
-                Control::Close(d) => {
-                    closing = Some(d.map(|d| *d));
-                    break;
-                }
-            }
-        }
-        let mut full_batch = false;
-        if closing.is_none() {
-            let auth = broker.auth_files();
-            let now = now_ms();
-            session.take_deliveries(
-                conn_id,
-                WRITE_BATCH,
-                &mut outgoing,
-                &mut dropped,
-                |d| protocol::outbound_len(&outbound_publish(d, 1, false, version, now), version),
-                |d| auth.may_read(&session.client_id, username.as_deref(), &d.message.topic),
-            );
-            full_batch = outgoing.len() >= WRITE_BATCH;
-            let hot = crate::metrics::hot();
-            // Counted per batch, not per message: one add per counter per write.
-            let (mut sent, mut sent_bytes) = ([0u64; 3], [0u64; 3]);
-            for o in outgoing.drain(..) {
-                match o {
-                    Outgoing::Publish {
-                        delivery,
-                        packet_id,
-                        dup,
-                    } => {
-                        sent[delivery.qos as usize] += 1;
-                        sent_bytes[delivery.qos as usize] += delivery.message.payload.len() as u64;
-                        // First sends of live messages only: a resend or a retained
-                        // message replayed on SUBSCRIBE says nothing about delivery speed.
-                        if !dup && !delivery.retain {
-                            let sampled =
-                                sample_tick.is_multiple_of(crate::metrics::LATENCY_SAMPLE_EVERY);
-                            sample_tick = sample_tick.wrapping_add(1);
-                            if sampled {
-                                let ms = now.saturating_sub(delivery.message.received_at_ms);
-                                hot.delivery_latency.record(ms as f64 / 1000.0);
-                            }
-                        }
-                        let publish = outbound_publish(&delivery, packet_id, dup, version, now);
-                        protocol::encode_outbound(&publish, version, &mut out);
-                    }
-                    Outgoing::PubRel { packet_id } => {
-                        let rel = Packet::PubRel(PubResponse::success(packet_id));
-                        protocol::encode(&rel, version, &mut out);
-                    }
-                }
-            }
-            hot.sent_batch(&sent, &sent_bytes);
-            for (d, why) in dropped.drain(..) {
-                match why {
-                    Some(reason) => {
-                        broker.undeliverable(&session, d, reason).await;
-                    }
-                    None => {
-                        metrics::counter!(metric::ACL_DENIED, "access" => "read").increment(1);
-                        info!(topic = %d.message.topic, "delivery denied by the ACL; not sent to this client");
-                        if d.durable {
-                            broker.ack_durable(&session, &d).await;
-                        }
-                    }
-                }
-            }
-        }
-        if !out.is_empty() {
-            if let Err(e) = wr.write_all(&out).await {
-                debug!(error = %e, "write failed");
-                done.cancel();
-                return;
-            }
-            out.clear();
-        }
-        if let Some(disconnect) = closing.take() {
-            if let Some(d) = disconnect {
-                protocol::encode(&Packet::Disconnect(d), version, &mut out);
-                let _ = wr.write_all(&out).await;
-            }
-            let _ = wr.shutdown().await;
-            done.cancel();
-            return;
-        }
-        // A full batch means more may be waiting: the session only notifies on change.
-        if full_batch {
-            continue;
-        }
-        out = BytesMut::new();
-        tokio::select! {
-            c = ctrl.recv() => match c {
-                Some(c) => next = Some(c),
-                None => {
-                    let _ = wr.shutdown().await;
-                    done.cancel();
-                    return;
-                }
-            },
-            _ = session.notified() => {}
-        }
-    }
-}
-
-/// An accepted QoS 1/2 PUBLISH waiting for its acknowledgement.
+/// An accepted QoS 1/2 PUBLISH (or PUBREL) waiting for the store before its ack.
 pub(super) struct PendingAck {
+    /// Commits still to wait for (spent ones are removed).
     pub tickets: Vec<CommitTicket>,
-    /// PUBACK, PUBREC or PUBCOMP, success (or 0x10) as if the commit succeeds.
+    /// PUBACK, PUBREC or PUBCOMP, success (or 0x10) as if the commits succeed.
     pub ack: Ack,
     /// When the packet it answers was read, for the PUBACK latency histogram (only on
     /// the sampled acks).
     pub received: Option<Instant>,
 }
 
-/// The acker task: waits for each commit in arrival order and forwards the ack to the
-/// writer. When the store fails, v5 clients get the ack with a failure reason (0x97
-/// quota exceeded for a full disk, 0x80 otherwise); 3.x clients cannot be told, so they
-/// get no ack and the connection closes (`failed` is cancelled).
-pub(super) async fn run_acker(
-    mut pending: mpsc::Receiver<PendingAck>,
-    ctrl: mpsc::Sender<Control>,
+/// The connection's outbound state. Buffers are allocated while there is something to
+/// send and released before the connection waits idle.
+pub(super) struct Outbound {
     version: ProtocolVersion,
-    session: Arc<Session>,
-    failed: CancellationToken,
-) {
-    let hot = crate::metrics::hot();
-    while let Some(PendingAck {
-        tickets,
-        mut ack,
-        received,
-    }) = pending.recv().await
-    {
-        for ticket in tickets {
-            if let Err(e) = ticket.wait().await {
-                hot.puback_failed.increment(1);
-                warn!(error = %e, "message not made durable; not acknowledging it as stored");
-                // 3.x acks carry no reason, and a PUBCOMP cannot report a failure: the
-                // connection closes without the ack instead.
-                if !version.is_v5() || ack.kind == AckKind::Comp {
-                    failed.cancel();
-                    return;
-                }
-                let code = match e {
-                    StoreError::DiskFull => reason::QUOTA_EXCEEDED,
-                    _ => reason::UNSPECIFIED_ERROR,
+    /// Encoded, not yet written.
+    pub out: BytesMut,
+    /// Acks waiting for the store, in arrival order.
+    pub acks: VecDeque<PendingAck>,
+    /// At most this many acks wait at once (the broker's receive maximum).
+    ack_window: usize,
+    /// Deliveries taken from the session, reused between batches while busy.
+    outgoing: Vec<Outgoing>,
+    /// Counts acks so one in LATENCY_SAMPLE_EVERY is timed.
+    ack_tick: u32,
+    /// Counts live deliveries so one in LATENCY_SAMPLE_EVERY is timed.
+    sample_tick: u32,
+    /// The last batch was full: more may be queued without a new notification.
+    more_queued: bool,
+}
+
+impl Outbound {
+    pub fn new(version: ProtocolVersion, ack_window: usize) -> Outbound {
+        Outbound {
+            version,
+            out: BytesMut::new(),
+            acks: VecDeque::new(),
+            ack_window: ack_window.max(1),
+            outgoing: Vec::new(),
+            ack_tick: 0,
+            sample_tick: 0,
+            more_queued: true,
+        }
+    }
+
+    /// Whether the reader may take another packet: its answer has somewhere to go.
+    pub fn has_room(&self) -> bool {
+        self.out.len() < OUT_LIMIT && self.acks.len() < self.ack_window
+    }
+
+    /// Whether deliveries may be taken from the session now: everything encoded before
+    /// has been written (a client that reads slowly holds one batch, not its queue).
+    pub fn wants_deliveries(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    pub fn packet(&mut self, packet: &Packet) {
+        protocol::encode(packet, self.version, &mut self.out);
+    }
+
+    /// Queues `ack` to go out once `tickets` are durable, after the acks before it.
+    pub fn ack(&mut self, tickets: Vec<CommitTicket>, ack: Ack) {
+        // One ack in LATENCY_SAMPLE_EVERY carries its start time for the latency histogram.
+        let sampled = self.ack_tick.is_multiple_of(metric::LATENCY_SAMPLE_EVERY);
+        self.ack_tick = self.ack_tick.wrapping_add(1);
+        self.acks.push_back(PendingAck {
+            tickets,
+            ack,
+            received: sampled.then(Instant::now),
+        });
+    }
+
+    /// Whether the oldest ack still waits for a commit.
+    pub fn waits_for_store(&self) -> bool {
+        self.acks.front().is_some_and(|p| !p.tickets.is_empty())
+    }
+
+    /// Applies the outcome of the oldest ack's last ticket (see [`front_ticket`]), then
+    /// sends every ack that is ready, in order. Err: the connection must close (the store
+    /// failed and the client cannot be told).
+    pub fn ticket_done(
+        &mut self,
+        result: Result<(), StoreError>,
+        session: &crate::session::Session,
+    ) -> Result<(), Exit> {
+        if let Some(front) = self.acks.front_mut() {
+            front.tickets.pop();
+            apply(front, result, self.version, session)?;
+        }
+        self.settle(session)
+    }
+
+    /// Sends, in order, every ack whose commits are already settled.
+    pub fn settle(&mut self, session: &crate::session::Session) -> Result<(), Exit> {
+        while let Some(front) = self.acks.front_mut() {
+            while let Some(ticket) = front.tickets.last_mut() {
+                let Some(result) = ticket.try_result() else {
+                    return Ok(());
                 };
-                ack.reason = code;
-                if ack.kind == AckKind::Rec {
-                    // The flow ends with a failed PUBREC: no PUBREL follows.
-                    session.release_inbound_qos2(ack.packet_id);
+                front.tickets.pop();
+                apply(front, result, self.version, session)?;
+            }
+            let Some(done) = self.acks.pop_front() else {
+                break;
+            };
+            if let (Some(received), AckKind::Ack | AckKind::Rec) = (done.received, done.ack.kind) {
+                metric::hot()
+                    .puback_latency
+                    .record(received.elapsed().as_secs_f64());
+            }
+            protocol::encode(&done.ack.packet(), self.version, &mut self.out);
+        }
+        if self.acks.is_empty() && self.acks.capacity() > 0 {
+            // Idle again: give the queue's memory back.
+            self.acks = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// Releases the buffers when there is nothing left to send.
+    pub fn release_if_idle(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+        if self.outgoing.capacity() > 0 && !self.more_queued {
+            self.outgoing = Vec::new();
+        }
+    }
+
+    /// The session signalled new deliveries (or a free inflight slot).
+    pub fn notified(&mut self) {
+        self.more_queued = true;
+    }
+
+    /// Whether a fill may find something without waiting for a notification.
+    pub fn more_queued(&self) -> bool {
+        self.more_queued
+    }
+}
+
+/// What a commit's outcome does to its ack. When the store fails, v5 clients get the ack
+/// with a failure reason (0x97 quota exceeded for a full disk, 0x80 otherwise); 3.x
+/// clients cannot be told, so they get no ack and the connection closes.
+fn apply(
+    pending: &mut PendingAck,
+    result: Result<(), StoreError>,
+    version: ProtocolVersion,
+    session: &crate::session::Session,
+) -> Result<(), Exit> {
+    let Err(e) = result else {
+        return Ok(());
+    };
+    metric::hot().puback_failed.increment(1);
+    warn!(error = %e, "message not made durable; not acknowledging it as stored");
+    // 3.x acks carry no reason, and a PUBCOMP cannot report a failure: the connection
+    // closes without the ack instead.
+    if !version.is_v5() || pending.ack.kind == AckKind::Comp {
+        return Err(Exit::StoreFailed);
+    }
+    pending.ack.reason = match e {
+        StoreError::DiskFull => reason::QUOTA_EXCEEDED,
+        _ => reason::UNSPECIFIED_ERROR,
+    };
+    if pending.ack.kind == AckKind::Rec {
+        // The flow ends with a failed PUBREC: no PUBREL follows.
+        session.release_inbound_qos2(pending.ack.packet_id);
+    }
+    Ok(())
+}
+
+/// Waits for the oldest ack's last ticket; never resolves when there is none. Cancel
+/// safe: the ticket stays in place until it has resolved.
+pub(super) async fn front_ticket(acks: &mut VecDeque<PendingAck>) -> Result<(), StoreError> {
+    match acks.front_mut().and_then(|p| p.tickets.last_mut()) {
+        Some(ticket) => ticket.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    /// Encodes what the session may send now (resends first, then its queue within the
+    /// inflight window), up to one batch.
+    pub(super) async fn fill(&mut self, ob: &mut Outbound, broker: &Arc<Broker>) {
+        let version = self.version;
+        let now = now_ms();
+        let mut dropped = Vec::new();
+        {
+            let auth = broker.auth_files();
+            let session = &self.session;
+            let username = self.username.as_deref();
+            session.take_deliveries(
+                self.conn_id,
+                WRITE_BATCH,
+                &mut ob.outgoing,
+                &mut dropped,
+                |d| protocol::outbound_len(&outbound_publish(d, 1, false, version, now), version),
+                |d| auth.may_read(&session.client_id, username, &d.message.topic),
+            );
+        }
+        ob.more_queued = ob.outgoing.len() >= WRITE_BATCH;
+        let hot = metric::hot();
+        // Counted per batch, not per message: one add per counter per write.
+        let (mut sent, mut sent_bytes) = ([0u64; 3], [0u64; 3]);
+        for o in ob.outgoing.drain(..) {
+            match o {
+                Outgoing::Publish {
+                    delivery,
+                    packet_id,
+                    dup,
+                } => {
+                    sent[delivery.qos as usize] += 1;
+                    sent_bytes[delivery.qos as usize] += delivery.message.payload.len() as u64;
+                    // First sends of live messages only: a resend or a retained message
+                    // replayed on SUBSCRIBE says nothing about delivery speed.
+                    if !dup && !delivery.retain {
+                        let sampled = ob.sample_tick.is_multiple_of(metric::LATENCY_SAMPLE_EVERY);
+                        ob.sample_tick = ob.sample_tick.wrapping_add(1);
+                        if sampled {
+                            let ms = now.saturating_sub(delivery.message.received_at_ms);
+                            hot.delivery_latency.record(ms as f64 / 1000.0);
+                        }
+                    }
+                    let publish = outbound_publish(&delivery, packet_id, dup, version, now);
+                    protocol::encode_outbound(&publish, version, &mut ob.out);
+                }
+                Outgoing::PubRel { packet_id } => {
+                    let rel = Packet::PubRel(PubResponse::success(packet_id));
+                    protocol::encode(&rel, version, &mut ob.out);
                 }
             }
         }
-        if let (Some(received), AckKind::Ack | AckKind::Rec) = (received, ack.kind) {
-            hot.puback_latency.record(received.elapsed().as_secs_f64());
+        hot.sent_batch(&sent, &sent_bytes);
+        if !dropped.is_empty() {
+            // Rare (expiry, size, ACL): boxed so its futures do not grow every connection.
+            Box::pin(self.not_sent(dropped, broker)).await;
         }
-        if ctrl.send(Control::Ack(ack)).await.is_err() {
-            return;
+    }
+
+    /// Deliveries the session gave up instead of sending: dead letters, or (denied by the
+    /// ACL) acknowledged as if delivered.
+    async fn not_sent(
+        &self,
+        dropped: Vec<(Delivery, Option<DeadLetterReason>)>,
+        broker: &Arc<Broker>,
+    ) {
+        for (d, why) in dropped {
+            match why {
+                Some(reason) => {
+                    broker.undeliverable(&self.session, d, reason).await;
+                }
+                None => {
+                    metrics::counter!(metric::ACL_DENIED, "access" => "read").increment(1);
+                    info!(topic = %d.message.topic, "delivery denied by the ACL; not sent to this client");
+                    if d.durable {
+                        broker.ack_durable(&self.session, &d).await;
+                    }
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
 /// A listener as the connection tasks see it.
@@ -73,21 +74,38 @@ pub async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, broker: A
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let b = Arc::clone(&broker);
-        let l = Arc::clone(&listener);
-        broker.tasks.spawn(async move {
-            match &l.tls {
-                None => {
-                    let info = ConnInfo {
-                        listener: Arc::clone(&l),
-                        tls_identity: None,
-                    };
-                    connection::serve(stream, peer, b, info).await
-                }
-                Some(_) => serve_tls(stream, peer, l, b).await,
-            }
-            drop(permit);
-        });
+        // Spawned as is, not wrapped in another `async` block: a wrapper would hold the
+        // connection's future twice (once captured, once awaited).
+        broker.tasks.spawn(serve_accepted(
+            stream,
+            peer,
+            Arc::clone(&listener),
+            Arc::clone(&broker),
+            permit,
+        ));
+    }
+}
+
+/// One accepted socket's task, for as long as the connection lives. `_permit` is its
+/// place under `max_connections`, given back when the task ends.
+pub(crate) async fn serve_accepted(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    _permit: OwnedSemaphorePermit,
+) {
+    match &listener.tls {
+        None => {
+            let info = ConnInfo {
+                listener: Arc::clone(&listener),
+                tls_identity: None,
+            };
+            connection::serve(stream, peer, broker, info).await
+        }
+        // Boxed: the TLS stream and its handshake are large, and a plain connection's
+        // task would otherwise carry their space for its whole life.
+        Some(_) => Box::pin(serve_tls(stream, peer, listener, broker)).await,
     }
 }
 

@@ -184,6 +184,22 @@ impl CommitTicket {
     pub async fn wait(self) -> Result<(), StoreError> {
         self.0.await.unwrap_or(Err(StoreError::Closed))
     }
+
+    /// Waits without giving the ticket up, so the wait can be one branch of a `select!`.
+    /// Once it has returned, the ticket is spent: drop it.
+    pub async fn ready(&mut self) -> Result<(), StoreError> {
+        (&mut self.0).await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The outcome if the batch is already settled. Once it returned `Some`, the ticket
+    /// is spent: drop it.
+    pub fn try_result(&mut self) -> Option<Result<(), StoreError>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::Closed)),
+        }
+    }
 }
 
 /// Counters for metrics and benches.
