@@ -391,8 +391,10 @@ impl Broker {
         for (session, delivery) in targets {
             let outcome = session.enqueue(delivery);
             for evicted in outcome.evicted {
+                // Boxed: rare, and its state would otherwise grow every connection's
+                // future (accept is awaited inline on the publish path).
                 tickets.extend(
-                    self.undeliverable(&session, evicted, DeadLetterReason::QueueFull)
+                    Box::pin(self.undeliverable(&session, evicted, DeadLetterReason::QueueFull))
                         .await,
                 );
             }

@@ -5,6 +5,25 @@ use super::writer::Outbound;
 use super::*;
 use crate::dead_letter::DeadLetterReason;
 
+/// What is left to do with a PUBLISH after [`Connection::on_publish`].
+pub(super) enum PublishNext {
+    /// Nothing (answered or refused); why to stop, if it must.
+    Done(Option<Exit>),
+    /// Route it with [`Connection::route`].
+    Route(Routing),
+    /// Not a PUBLISH: for [`Connection::handle`].
+    Other(Box<Packet>),
+}
+
+/// A checked PUBLISH on its way to the router.
+pub(super) struct Routing {
+    message: Arc<Message>,
+    /// Store records to commit with it (the inbound QoS 2 id).
+    extra: Vec<Record>,
+    /// The client's packet id, for the ack.
+    packet_id: u16,
+}
+
 impl Connection {
     /// Handles one packet; returns why to stop, if it must.
     pub(super) async fn handle(
@@ -14,7 +33,13 @@ impl Connection {
         ob: &mut Outbound,
     ) -> Option<Exit> {
         match packet {
-            Packet::Publish(p) => return self.on_publish(p, broker, ob).await,
+            Packet::Publish(p) => {
+                return match self.on_publish(p, broker, ob) {
+                    PublishNext::Done(exit) => exit,
+                    PublishNext::Route(routing) => self.route(routing, broker, ob).await,
+                    PublishNext::Other(_) => None,
+                }
+            }
             Packet::PubAck(a) => match self.session.puback(a.packet_id) {
                 Some(done) if done.durable => broker.ack_durable(&self.session, &done).await,
                 Some(_) => {}
@@ -107,32 +132,35 @@ impl Connection {
         None
     }
 
-    pub(super) async fn on_publish(
+    /// Checks a PUBLISH and turns it into a message to route. Synchronous, so the
+    /// packet's space is not part of the connection's future: only [`Self::route`],
+    /// which holds little, waits.
+    pub(super) fn on_publish(
         &mut self,
         mut p: Publish,
         broker: &Arc<Broker>,
         ob: &mut Outbound,
-    ) -> Option<Exit> {
+    ) -> PublishNext {
         let limits = &broker.config.limits;
         metric::hot().received(p.qos, p.payload.len());
         if let Some(alias) = p.topic_alias.take() {
             if alias == 0 || alias > limits.topic_alias_maximum {
-                return Some(Exit::Refused {
+                return PublishNext::Done(Some(Exit::Refused {
                     code: reason::TOPIC_ALIAS_INVALID,
                     why: format!(
                         "[MQTT-3.3.2-9] topic alias {alias} outside 1..={}",
                         limits.topic_alias_maximum
                     ),
-                });
+                }));
             }
             if p.topic.is_empty() {
                 match self.aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
                     None => {
-                        return Some(Exit::Refused {
+                        return PublishNext::Done(Some(Exit::Refused {
                             code: reason::PROTOCOL_ERROR,
                             why: format!("topic alias {alias} was never set (MQTT 5 §3.3.2.3.4)"),
-                        })
+                        }))
                     }
                 }
             } else {
@@ -140,10 +168,10 @@ impl Connection {
             }
         }
         if let Err(e) = topic::validate_topic_name(&p.topic, limits.max_topic_levels) {
-            return Some(Exit::Refused {
+            return PublishNext::Done(Some(Exit::Refused {
                 code: reason::TOPIC_NAME_INVALID,
                 why: e.to_string(),
-            });
+            }));
         }
         let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
@@ -151,18 +179,18 @@ impl Connection {
                 // A resent PUBLISH whose first copy we already routed [MQTT-4.3.3-10].
                 let rec = Ack::new(AckKind::Rec, p.packet_id, reason::SUCCESS);
                 ob.ack(Vec::new(), rec);
-                return None;
+                return PublishNext::Done(None);
             }
             // Checked before the id is remembered, so a refused message's resend is
             // routed rather than mistaken for a duplicate.
             if self.session.inbound_qos2_count() >= usize::from(limits.receive_maximum) {
-                return Some(Exit::Refused {
+                return PublishNext::Done(Some(Exit::Refused {
                     code: reason::RECEIVE_MAXIMUM_EXCEEDED,
                     why: format!(
                         "[MQTT-3.3.4-9] more than receive_maximum {} QoS 2 messages unreleased",
                         limits.receive_maximum
                     ),
-                });
+                }));
             }
             self.session.begin_inbound_qos2(p.packet_id);
             if self.session.is_persistent() {
@@ -173,12 +201,11 @@ impl Connection {
                 });
             }
         }
-        let mut code = reason::SUCCESS;
-        let mut tickets = Vec::new();
-        if p.topic.starts_with('$') {
+        let (qos, packet_id) = (p.qos, p.packet_id);
+        let code = if p.topic.starts_with('$') {
             // `$` topics are the broker's ($SYS, $DLQ): clients may read, not write.
             warn!(topic = %p.topic, "PUBLISH to a reserved '$' topic refused");
-            code = reason::NOT_AUTHORIZED;
+            reason::NOT_AUTHORIZED
         } else if !broker.auth_files().may_write(
             &self.client_id,
             self.username.as_deref(),
@@ -188,59 +215,99 @@ impl Connection {
             // dropped, as mosquitto does.
             metrics::counter!(metric::ACL_DENIED, "access" => "write").increment(1);
             warn!(topic = %p.topic, "PUBLISH denied by the ACL");
-            code = reason::NOT_AUTHORIZED;
+            reason::NOT_AUTHORIZED
         } else {
-            let now = now_ms();
-            let message = Arc::new(Message {
-                id: broker.next_message_id(),
-                expires_at_ms: p
-                    .properties
-                    .message_expiry_interval
-                    .map(|s| now + u64::from(s) * 1000),
-                topic: p.topic,
-                payload: p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                properties: p.properties,
-                publisher: Arc::clone(&self.client_id),
-                received_at_ms: now,
+            return PublishNext::Route(Routing {
+                message: self.message_from(p, broker),
+                extra,
+                packet_id,
             });
-            match broker.accept(&message, extra).await {
-                Ok(accepted) => {
-                    if accepted.matched == 0 {
-                        code = reason::NO_MATCHING_SUBSCRIBERS;
-                    }
-                    tickets = accepted.tickets;
+        };
+        PublishNext::Done(self.answer_publish(qos, packet_id, code, Vec::new(), ob))
+    }
+
+    /// Routes an accepted PUBLISH (store, then the subscribers' queues) and queues its
+    /// ack behind the commit.
+    pub(super) async fn route(
+        &mut self,
+        routing: Routing,
+        broker: &Arc<Broker>,
+        ob: &mut Outbound,
+    ) -> Option<Exit> {
+        let Routing {
+            message,
+            extra,
+            packet_id,
+        } = routing;
+        let qos = message.qos;
+        let mut code = reason::SUCCESS;
+        let mut tickets = Vec::new();
+        match broker.accept(&message, extra).await {
+            Ok(accepted) => {
+                if accepted.matched == 0 {
+                    code = reason::NO_MATCHING_SUBSCRIBERS;
                 }
-                Err(e) => {
-                    warn!(error = %e, topic = %message.topic, "message not accepted: store unavailable");
-                    if !self.version.is_v5() && p.qos != QoS::AtMostOnce {
-                        return Some(Exit::Refused {
-                            code: reason::UNSPECIFIED_ERROR,
-                            why: "the store failed; the message was not acknowledged".into(),
-                        });
-                    }
-                    code = match e {
-                        crate::store::StoreError::DiskFull => reason::QUOTA_EXCEEDED,
-                        _ => reason::UNSPECIFIED_ERROR,
-                    };
+                tickets = accepted.tickets;
+            }
+            Err(e) => {
+                warn!(error = %e, topic = %message.topic, "message not accepted: store unavailable");
+                if !self.version.is_v5() && qos != QoS::AtMostOnce {
+                    return Some(Exit::Refused {
+                        code: reason::UNSPECIFIED_ERROR,
+                        why: "the store failed; the message was not acknowledged".into(),
+                    });
                 }
+                code = match e {
+                    crate::store::StoreError::DiskFull => reason::QUOTA_EXCEEDED,
+                    _ => reason::UNSPECIFIED_ERROR,
+                };
             }
         }
-        let kind = match p.qos {
+        self.answer_publish(qos, packet_id, code, tickets, ob)
+    }
+
+    /// Queues the PUBACK/PUBREC for a PUBLISH (none for QoS 0), behind `tickets`.
+    fn answer_publish(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        code: u8,
+        tickets: Vec<crate::store::CommitTicket>,
+        ob: &mut Outbound,
+    ) -> Option<Exit> {
+        let kind = match qos {
             // A QoS 0 message needs no answer; a retained one is stored without waiting.
             QoS::AtMostOnce => return None,
             QoS::AtLeastOnce => AckKind::Ack,
             QoS::ExactlyOnce => {
                 if code >= 0x80 {
                     // Refused: the flow ends here, no PUBREL will come.
-                    self.session.release_inbound_qos2(p.packet_id);
+                    self.session.release_inbound_qos2(packet_id);
                 }
                 AckKind::Rec
             }
         };
-        ob.ack(tickets, Ack::new(kind, p.packet_id, code));
+        ob.ack(tickets, Ack::new(kind, packet_id, code));
         None
+    }
+
+    /// The message a client's PUBLISH becomes.
+    fn message_from(&self, p: Publish, broker: &Broker) -> Arc<Message> {
+        let now = now_ms();
+        Arc::new(Message {
+            id: broker.next_message_id(),
+            expires_at_ms: p
+                .properties
+                .message_expiry_interval
+                .map(|s| now + u64::from(s) * 1000),
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            publisher: Arc::clone(&self.client_id),
+            received_at_ms: now,
+        })
     }
 
     /// Commits the session's state if it is persistent (before SUBACK/UNSUBACK).

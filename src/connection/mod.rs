@@ -23,6 +23,7 @@ use crate::session::{
 };
 use crate::store::Record;
 use bytes::{Buf, BytesMut};
+use handlers::PublishNext;
 use lifecycle::{
     append_records, attach_session, end_or_schedule_expiry, finish_discard, publish_will,
     session_record,
@@ -198,57 +199,65 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
-    async move {
-        metrics::counter!(metric::CONNECTIONS_ACCEPTED).increment(1);
-        let Ok(pending) = Arc::clone(&broker.pending_connect_permits).try_acquire_owned() else {
-            metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "pending_limit")
-                .increment(1);
-            warn!("connection closed: max_pending_connects connections are waiting to CONNECT");
-            return;
-        };
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        // The read buffer is allocated when bytes arrive (see `read_some`), so a connection
-        // that is only waiting costs no buffer.
-        let mut buf = BytesMut::new();
-        let connect = read_connect(&mut rd, &mut buf, &broker).await;
-        drop(pending);
-        let connect = match connect {
-            Ok(c) => c,
-            Err(ConnectFailure::Answer {
-                connack,
-                version,
-                why,
-            }) => {
-                info!(reason = %why, "CONNECT refused");
-                let mut out = BytesMut::new();
-                protocol::encode(&Packet::ConnAck(*connack), version, &mut out);
-                let _ = wr.write_all(&out).await;
-                let _ = wr.shutdown().await;
-                return;
-            }
-            Err(ConnectFailure::Close(why)) => {
-                info!(reason = %why, "connection closed before CONNECT completed");
-                return;
-            }
-        };
-        let conn = match Connection::handshake(connect, &broker, &info) {
-            Ok(c) => c,
-            Err(refusal) => {
-                let (connack, version, why) = *refusal;
-                info!(reason = %why, "CONNECT refused");
-                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "connect").increment(1);
-                let mut out = BytesMut::new();
-                protocol::encode(&Packet::ConnAck(connack), version, &mut out);
-                let _ = wr.write_all(&out).await;
-                let _ = wr.shutdown().await;
-                return;
-            }
-        };
-        tracing::Span::current().record("client_id", &*conn.session.client_id);
-        conn.run(rd, wr, buf, broker).await;
+    // Boxed: the handshake's state is only needed until CONNECT is answered, and would
+    // otherwise be part of every connection's future for its whole life.
+    let accepted = Box::pin(accept_connect(stream, &broker, &info).instrument(span.clone())).await;
+    drop(info);
+    if let Some((conn, rd, wr, buf)) = accepted {
+        conn.run(rd, wr, buf, broker).instrument(span).await
     }
-    .instrument(span)
-    .await
+}
+
+/// The connection's halves and what it has read but not yet handled.
+type Accepted<S> = (Box<Connection>, ReadHalf<S>, WriteHalf<S>, BytesMut);
+
+/// Reads CONNECT and makes the connection, or answers the refusal and closes.
+async fn accept_connect<S>(stream: S, broker: &Arc<Broker>, info: &ConnInfo) -> Option<Accepted<S>>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    metrics::counter!(metric::CONNECTIONS_ACCEPTED).increment(1);
+    let Ok(pending) = Arc::clone(&broker.pending_connect_permits).try_acquire_owned() else {
+        metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "pending_limit").increment(1);
+        warn!("connection closed: max_pending_connects connections are waiting to CONNECT");
+        return None;
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    // The read buffer is allocated when bytes arrive (see `poll_read_some`), so a
+    // connection that is only waiting costs no buffer.
+    let mut buf = BytesMut::new();
+    let connect = read_connect(&mut rd, &mut buf, broker).await;
+    drop(pending);
+    let refusal = match connect {
+        Ok(connect) => match Connection::handshake(connect, broker, info) {
+            Ok(conn) => {
+                tracing::Span::current().record("client_id", &*conn.session.client_id);
+                // On the heap: the connection's future then holds a pointer to it.
+                return Some((Box::new(conn), rd, wr, buf));
+            }
+            Err(refusal) => {
+                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "connect").increment(1);
+                let (connack, version, why) = *refusal;
+                (Box::new(connack), version, why)
+            }
+        },
+        Err(ConnectFailure::Answer {
+            connack,
+            version,
+            why,
+        }) => (connack, version, why),
+        Err(ConnectFailure::Close(why)) => {
+            info!(reason = %why, "connection closed before CONNECT completed");
+            return None;
+        }
+    };
+    let (connack, version, why) = refusal;
+    info!(reason = %why, "CONNECT refused");
+    let mut out = BytesMut::new();
+    protocol::encode(&Packet::ConnAck(*connack), version, &mut out);
+    let _ = wr.write_all(&out).await;
+    let _ = wr.shutdown().await;
+    None
 }
 
 /// State of an established connection, owned by its reader.
@@ -275,7 +284,7 @@ struct Connection {
 
 impl Connection {
     async fn run<R, W>(
-        mut self,
+        mut self: Box<Self>,
         mut rd: ReadHalf<R>,
         mut wr: WriteHalf<W>,
         mut buf: BytesMut,
@@ -421,6 +430,24 @@ impl Connection {
         }
     }
 
+    /// Decodes the next packet in `buf` and does for a PUBLISH what needs no waiting.
+    /// Synchronous, so the decoded packet is never part of the connection's future.
+    fn next_packet(
+        &mut self,
+        buf: &mut BytesMut,
+        max_packet: usize,
+        broker: &Arc<Broker>,
+        ob: &mut Outbound,
+    ) -> Result<Option<PublishNext>, ProtocolError> {
+        Ok(
+            match protocol::decode(buf, Some(self.version), max_packet)? {
+                None => None,
+                Some(Packet::Publish(p)) => Some(self.on_publish(p, broker, ob)),
+                Some(other) => Some(PublishNext::Other(Box::new(other))),
+            },
+        )
+    }
+
     /// Reads, handles and answers packets until the connection must end.
     async fn read_loop<R: AsyncRead, W: AsyncWrite>(
         &mut self,
@@ -452,21 +479,24 @@ impl Connection {
                         break;
                     }
                 }
-                match protocol::decode(buf, Some(self.version), max_packet) {
-                    Ok(Some(packet)) => {
+                // PUBLISH is handled inline (the hot path); the other packets' handling
+                // is boxed so it does not grow every connection's task.
+                let exit = match self.next_packet(buf, max_packet, broker, ob) {
+                    Ok(Some(next)) => {
                         deadline = Instant::now() + grace;
-                        // PUBLISH is handled inline (the hot path); the other packets'
-                        // handling is boxed so it does not grow every connection's task.
-                        let exit = match packet {
-                            Packet::Publish(p) => self.on_publish(p, broker, ob).await,
-                            other => Box::pin(self.handle(other, broker, ob)).await,
-                        };
-                        if let Some(exit) = exit {
-                            return exit;
+                        match next {
+                            PublishNext::Done(exit) => exit,
+                            PublishNext::Route(r) => self.route(r, broker, ob).await,
+                            PublishNext::Other(packet) => {
+                                Box::pin(self.handle(*packet, broker, ob)).await
+                            }
                         }
                     }
                     Ok(None) => break,
                     Err(e) => return Exit::Protocol(e),
+                };
+                if let Some(exit) = exit {
+                    return exit;
                 }
             }
             if let Err(exit) = ob.settle(&self.session) {
@@ -584,8 +614,22 @@ mod size_probe {
                 properties: Default::default(),
                 subscription_identifiers: Vec::new(),
             };
-            let f = conn.on_publish(p, &broker, &mut ob);
-            eprintln!("on_publish: {}", std::mem::size_of_val(&f));
+            let PublishNext::Route(r) = conn.on_publish(p, &broker, &mut ob) else {
+                panic!("route")
+            };
+            let f = conn.route(r, &broker, &mut ob);
+            eprintln!("route: {}", std::mem::size_of_val(&f));
+            drop(f);
+            let f = serve(
+                tokio::io::duplex(8).0,
+                peer,
+                Arc::clone(&broker),
+                ConnInfo {
+                    listener: Arc::clone(&info.listener),
+                    tls_identity: None,
+                },
+            );
+            eprintln!("serve<duplex>: {}", std::mem::size_of_val(&f));
         }
         {
             let f = conn.fill(&mut ob, &broker);
@@ -638,7 +682,7 @@ mod size_probe {
             let f = conn.session.notified();
             eprintln!("notified: {}", std::mem::size_of_val(&f));
         }
-        let f = conn.run(rd, wr, buf, Arc::clone(&broker));
+        let f = Box::new(conn).run(rd, wr, buf, Arc::clone(&broker));
         eprintln!("run: {}", std::mem::size_of_val(&f));
     }
 }
