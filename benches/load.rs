@@ -39,6 +39,9 @@ scenarios:
   pairs     K publisher/subscriber pairs, one topic per pair
   latency   1 publisher at a fixed rate -> 1 subscriber; publish->receive latency percentiles
   conns     C idle connections: connects/s and broker RSS growth per connection
+  subs      S subscriptions (exact filters) over N clients: broker RSS and CPU per
+            subscription, then QoS 0 publishes that each match one of them for --duration:
+            broker CPU per publish (trie match + one delivery) at that trie size
   persist   fanin at QoS 1 to a persistent subscriber (fixed client id, clean session 0)
 
 options:
@@ -53,6 +56,8 @@ options:
   --inflight W         QoS 1 unacked PUBLISH window per publisher (default 100)
   --rate MSGS          total publish rate, msgs/s (latency default 10000, else unlimited)
   --connections C      conns scenario connections (default 10000, at most 60000)
+  --subscriptions S    subs scenario subscriptions (default 100000, at most 2000000), over
+                       --subscribers clients (the broker must allow S / N per client)
   --connect-concurrency K  conns: CONNECT handshakes in flight at once (default 64)
   --broker-pid PID     read the broker's VmRSS and CPU time from /proc/PID
   --label NAME         broker name copied into the JSON (default \"broker\")
@@ -72,6 +77,9 @@ const BATCH: u64 = 256;
 const MAX_DURATION: u64 = 600;
 const MAX_CONNECTIONS: usize = 60_000;
 const MAX_CLIENTS: usize = 10_000;
+const MAX_SUBSCRIPTIONS: usize = 2_000_000;
+/// Topic filters per SUBSCRIBE packet in the subs scenario.
+const FILTERS_PER_SUBSCRIBE: usize = 64;
 /// Keepalive sent in every CONNECT: long rather than 0 (rumqttd refuses 0), and longer than
 /// any run (at most MAX_DURATION + drain), so no PINGREQ is ever due.
 const KEEPALIVE: u16 = 3600;
@@ -84,6 +92,7 @@ enum Scenario {
     Latency,
     Conns,
     Persist,
+    Subs,
 }
 
 impl Scenario {
@@ -95,6 +104,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Conns => "conns",
             Scenario::Persist => "persist",
+            Scenario::Subs => "subs",
         }
     }
 }
@@ -112,6 +122,7 @@ struct Opts {
     inflight: u64,
     rate: Option<f64>,
     connections: usize,
+    subscriptions: usize,
     conn_concurrency: usize,
     broker_pid: Option<u32>,
     label: String,
@@ -128,6 +139,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         Some("latency") => Scenario::Latency,
         Some("conns") => Scenario::Conns,
         Some("persist") => Scenario::Persist,
+        Some("subs") => Scenario::Subs,
         Some("-h") | Some("--help") => return Err(String::new()),
         Some(other) => return Err(format!("unknown scenario {other:?}")),
         None => return Err("no scenario".into()),
@@ -144,6 +156,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         inflight: 100,
         rate: None,
         connections: 10_000,
+        subscriptions: 100_000,
         conn_concurrency: 64,
         broker_pid: None,
         label: "broker".into(),
@@ -180,6 +193,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--inflight" => o.inflight = num(flag, val()?)?,
             "--rate" => o.rate = Some(num(flag, val()?)?),
             "--connections" => o.connections = num(flag, val()?)?,
+            "--subscriptions" => o.subscriptions = num(flag, val()?)?,
             "--connect-concurrency" => o.conn_concurrency = num(flag, val()?)?,
             "--broker-pid" => o.broker_pid = Some(num(flag, val()?)?),
             "--label" => o.label = val()?,
@@ -227,6 +241,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         if v == 0 || v > MAX_CLIENTS {
             return Err(format!("{name} must be 1..={MAX_CLIENTS}"));
         }
+    }
+    if o.subscriptions == 0 || o.subscriptions > MAX_SUBSCRIPTIONS {
+        return Err(format!("--subscriptions must be 1..={MAX_SUBSCRIPTIONS}"));
     }
     if o.conn_concurrency == 0 || o.conn_concurrency > 4096 {
         return Err("--connect-concurrency must be 1..=4096".into());
@@ -1044,6 +1061,8 @@ async fn run(o: Opts, nofile: u64) -> String {
     let mut errors = Errors::default();
     if o.scenario == Scenario::Conns {
         run_conns(&o, addr, nofile, &mut j, &mut errors).await;
+    } else if o.scenario == Scenario::Subs {
+        run_subs(&o, addr, &mut j, &mut errors).await;
     } else {
         run_traffic(&o, addr, &mut j, &mut errors).await;
     }
@@ -1102,7 +1121,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
             subs.push(("latency/t".into(), format!("ld{tag}-sub"), true));
             pubs.push("latency/t".into());
         }
-        Scenario::Conns => unreachable!("conns has its own runner"),
+        Scenario::Conns | Scenario::Subs => unreachable!("conns and subs have their own runners"),
     }
     j.num("publishers", pubs.len())
         .num("subscribers", subs.len())
@@ -1363,6 +1382,237 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
     }
     for mut s in conns {
         let _ = s.write_all(&DISCONNECT).await;
+    }
+}
+
+/// A SUBSCRIBE with several filters, all at `qos`.
+fn subscribe_many_packet(packet_id: u16, filters: &[String], qos: u8) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + filters.iter().map(|f| f.len() + 3).sum::<usize>());
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    for f in filters {
+        put_str(&mut body, f.as_bytes());
+        body.push(qos);
+    }
+    let mut p = vec![0x82];
+    put_remaining_len(&mut p, body.len());
+    p.extend_from_slice(&body);
+    p
+}
+
+/// The subs scenario: grows the broker's subscription trie to `--subscriptions` exact
+/// filters `load/<tag>/c<client>/<i>` over `--subscribers` clients (SUBSCRIBEs of
+/// FILTERS_PER_SUBSCRIBE filters, pipelined), then publishes QoS 0 to topics that each
+/// match one subscription for `--duration`, and reports the broker's RSS and CPU per
+/// subscription and its CPU per publish.
+async fn run_subs(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Errors) {
+    let tag = std::process::id();
+    let clients = o.subscribers.min(o.subscriptions);
+    let per_client = o.subscriptions.div_ceil(clients);
+    j.num("subscriptions", o.subscriptions)
+        .num("subscribers", clients);
+    let mut conns = Vec::with_capacity(clients);
+    for c in 0..clients {
+        match Conn::open(addr, &format!("ld{tag}-s{c}"), true, KEEPALIVE).await {
+            Ok(conn) => conns.push(conn),
+            Err(e) => {
+                errors.add(e);
+                return;
+            }
+        }
+    }
+    let rss_before = o.broker_pid.and_then(proc_rss_kib);
+    let cpu_before = o.broker_pid.and_then(proc_cpu_secs);
+    let started = Instant::now();
+    // Every client sends all its SUBSCRIBEs while it reads the SUBACKs.
+    let mut set = tokio::task::JoinSet::new();
+    let mut subscribed = 0usize;
+    for (c, conn) in conns.into_iter().enumerate() {
+        let first = c * per_client;
+        let last = ((c + 1) * per_client).min(o.subscriptions);
+        if first >= last {
+            continue;
+        }
+        let filters: Vec<String> = (first..last)
+            .map(|i| format!("load/{tag}/c{c}/{i}"))
+            .collect();
+        subscribed += filters.len();
+        set.spawn(async move {
+            let Conn {
+                mut rd,
+                mut wr,
+                mut rbuf,
+            } = conn;
+            let packets = filters.len().div_ceil(FILTERS_PER_SUBSCRIBE);
+            let writer = async {
+                let mut out = Vec::new();
+                for (k, chunk) in filters.chunks(FILTERS_PER_SUBSCRIBE).enumerate() {
+                    out.extend_from_slice(&subscribe_many_packet(
+                        (k % 65_000 + 1) as u16,
+                        chunk,
+                        0,
+                    ));
+                }
+                wr.write_all(&out)
+                    .await
+                    .map_err(|e| describe_io("SUBSCRIBE", &e))
+            };
+            let reader = async {
+                let mut acks = 0usize;
+                while acks < packets {
+                    while let Some((hdr, body_at, total)) = frame(&rbuf)? {
+                        if hdr >> 4 == 9 {
+                            if rbuf[body_at + 2..total].contains(&0x80) {
+                                return Err(
+                                    "SUBACK refused a filter (max_subscriptions_per_client?)"
+                                        .to_string(),
+                                );
+                            }
+                            acks += 1;
+                        }
+                        rbuf.advance(total);
+                    }
+                    if acks == packets {
+                        break;
+                    }
+                    match rd.read_buf(&mut rbuf).await {
+                        Ok(0) => return Err("broker closed the connection during SUBSCRIBE".into()),
+                        Ok(_) => {}
+                        Err(e) => return Err(describe_io("SUBACK", &e)),
+                    }
+                }
+                Ok::<_, String>(())
+            };
+            let (w, r) = tokio::join!(writer, reader);
+            w?;
+            r?;
+            Ok::<_, String>(Conn { rd, wr, rbuf })
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut conns = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, set.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(Ok(c)))) => conns.push(c),
+            Ok(Some(Ok(Err(e)))) => errors.add(e),
+            Ok(Some(Err(e))) => errors.add(format!("subscribe task: {e}")),
+            Err(_) => {
+                errors.add("subscribe phase took over 120 s".into());
+                set.abort_all();
+                return;
+            }
+        }
+    }
+    let subscribe_s = started.elapsed().as_secs_f64();
+    let rss_after = o.broker_pid.and_then(proc_rss_kib);
+    let cpu_after = o.broker_pid.and_then(proc_cpu_secs);
+    j.num("subscribed", subscribed)
+        .f("subscribe_s", subscribe_s, 3)
+        .f("subscribes_per_sec", subscribed as f64 / subscribe_s, 0)
+        .opt("rss_before_kib", rss_before)
+        .opt("rss_after_kib", rss_after);
+    match (rss_before, rss_after, cpu_before, cpu_after) {
+        (Some(rb), Some(ra), Some(cb), Some(ca)) if subscribed > 0 => {
+            j.f(
+                "rss_per_sub_bytes",
+                (ra as f64 - rb as f64) * 1024.0 / subscribed as f64,
+                0,
+            )
+            .f(
+                "broker_cpu_us_per_sub",
+                (ca - cb) * 1e6 / subscribed as f64,
+                2,
+            );
+        }
+        _ => {
+            j.raw("rss_per_sub_bytes", "null");
+        }
+    }
+    if conns.len() != clients {
+        return;
+    }
+    // Publish phase: one publisher, QoS 0, topics that each match one subscription.
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for conn in conns {
+        let received = Arc::clone(&received);
+        let stop = Arc::clone(&stop);
+        readers.push(tokio::spawn(async move {
+            let Conn {
+                mut rd,
+                wr,
+                mut rbuf,
+            } = conn;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let read =
+                    tokio::time::timeout(Duration::from_millis(200), rd.read_buf(&mut rbuf)).await;
+                match read {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(_)) => {}
+                    Err(_) => continue,
+                }
+                let mut n = 0;
+                while let Ok(Some((hdr, _, total))) = frame(&rbuf) {
+                    if hdr >> 4 == 3 {
+                        n += 1;
+                    }
+                    rbuf.advance(total);
+                }
+                received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            drop(wr);
+        }));
+    }
+    let mut publisher = match Conn::open(addr, &format!("ld{tag}-p"), true, KEEPALIVE).await {
+        Ok(c) => c,
+        Err(e) => {
+            errors.add(e);
+            return;
+        }
+    };
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut batch = Vec::new();
+    for _ in 0..4096 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let i = (rng % o.subscriptions as u64) as usize;
+        let topic = format!("load/{tag}/c{}/{i}", i / per_client);
+        PublishTemplate::new(&topic, 0, o.payload).encode(&mut batch, 0, 0);
+    }
+    let cpu0 = o.broker_pid.and_then(proc_cpu_secs);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(o.duration);
+    let mut sent = 0u64;
+    while Instant::now() < end && sent < o.max_msgs {
+        if let Err(e) = publisher.wr.write_all(&batch).await {
+            errors.add(describe_io("PUBLISH", &e));
+            break;
+        }
+        sent += 4096;
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    let drain_end = Instant::now() + Duration::from_secs(o.drain);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < sent && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu1 = o.broker_pid.and_then(proc_cpu_secs);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got = received.load(std::sync::atomic::Ordering::Relaxed);
+    j.num("published", sent)
+        .f("publish_s", publish_s, 3)
+        .num("received", got)
+        .f("undelivered_pct", undelivered_pct(sent, got), 2);
+    if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
+        if got > 0 {
+            j.f("broker_cpu_us_per_publish", (c1 - c0) * 1e6 / got as f64, 3);
+        }
+    }
+    publisher.disconnect().await;
+    for r in readers {
+        let _ = r.await;
     }
 }
 
