@@ -122,7 +122,8 @@ LOAD=$(cargo bench --bench load --no-run --message-format=json --quiet |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "load" and .executable != null) | .executable' |
     tail -n1)
 [[ -x "$LOAD" ]] || die "could not build the load tool (cargo bench --bench load --no-run)"
-SLUICE=$PWD/target/release/sluice
+# Where cargo put it (CARGO_TARGET_DIR or the config may move it from ./target).
+SLUICE=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release/sluice
 
 # --- scratch space, cleanup --------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/sluice-compare.XXXXXX)
