@@ -304,14 +304,14 @@ impl Connection {
             conn_id,
             session,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
-            will: connect.will,
+            will: connect.will.map(Box::new),
             expiry_secs,
             kick: kick_rx,
-            connack: ConnAck {
+            connack: Box::new(ConnAck {
                 session_present: present,
                 code: reason::SUCCESS,
                 properties: props,
-            },
+            }),
             aliases: HashMap::new(),
             client_id,
             records,

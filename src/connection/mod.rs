@@ -266,11 +266,14 @@ struct Connection {
     conn_id: u64,
     session: Arc<Session>,
     keep_alive: Duration,
-    will: Option<LastWill>,
+    /// Boxed, like `connack`: few connections have one, and every connection's state
+    /// would otherwise carry its space.
+    will: Option<Box<LastWill>>,
     /// Session expiry asked for in CONNECT (v5 DISCONNECT may change it, not from 0).
     expiry_secs: u32,
     kick: oneshot::Receiver<u8>,
-    connack: ConnAck,
+    /// Sent once, first.
+    connack: Box<ConnAck>,
     /// Inbound topic aliases (v5), at most `topic_alias_maximum`.
     aliases: HashMap<u16, String>,
     client_id: Arc<str>,
@@ -301,7 +304,7 @@ impl Connection {
         // Boxed: the commit's future is only needed once per connection.
         let refused = Box::pin(self.commit_handshake(&broker)).await;
         // The CONNACK goes first.
-        ob.packet(&Packet::ConnAck(self.connack.clone()));
+        ob.packet(&Packet::ConnAck((*self.connack).clone()));
         let exit = if refused {
             Exit::Refused {
                 code: reason::SERVER_UNAVAILABLE,
@@ -340,7 +343,7 @@ impl Connection {
         if !records.is_empty() {
             if let Err(e) = broker.store.commit(records).await {
                 warn!(error = %e, "session state not stored; refusing the connection");
-                self.connack = ConnAck {
+                *self.connack = ConnAck {
                     session_present: false,
                     code: reason::SERVER_UNAVAILABLE,
                     properties: ConnAckProperties::default(),
@@ -401,7 +404,7 @@ impl Connection {
         let generation = self.session.detach(self.conn_id, None);
         if exit.publishes_will() {
             if let Some(will) = self.will.take() {
-                publish_will(broker, &self.session, will, expiry, generation).await;
+                publish_will(broker, &self.session, *will, expiry, generation).await;
             }
         }
         if let Some(generation) = generation {
