@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod dead_letter;

@@ -49,6 +49,13 @@ pub const QUEUED_MESSAGES: &str = "sluice_queued_messages";
 pub const QUEUED_BYTES: &str = "sluice_queued_bytes";
 pub const SESSION_QUEUE_DEPTH: &str = "sluice_session_queue_depth_messages";
 pub const INFLIGHT_MESSAGES: &str = "sluice_inflight_messages";
+// Cluster (labels: `path` = core | queue | retained | session).
+pub const CLUSTER_CONNECTED: &str = "sluice_cluster_nats_connected";
+pub const CLUSTER_FORWARDED: &str = "sluice_cluster_forwarded_total";
+pub const CLUSTER_RECEIVED: &str = "sluice_cluster_received_total";
+pub const CLUSTER_FORWARD_FAILURES: &str = "sluice_cluster_forward_failures_total";
+pub const CLUSTER_TAKEOVERS: &str = "sluice_cluster_takeovers_total";
+pub const CLUSTER_REMOTE_FILTERS: &str = "sluice_cluster_remote_filters";
 // Store.
 pub const STORE_APPENDS: &str = "sluice_store_appends_total";
 pub const STORE_BATCHES: &str = "sluice_store_batches_total";
@@ -96,6 +103,30 @@ pub const DEPTH_BUCKETS: &[f64] = &[
 
 /// HELP text and units for every metric, once. Called by [`install`].
 pub fn describe_all() {
+    describe_gauge!(
+        CLUSTER_CONNECTED,
+        "1 while this cluster node is connected to NATS, 0 while partitioned from it."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "Messages sent to other nodes, by path (core fan-out, durable queue, retained, session hand-off)."
+    );
+    describe_counter!(
+        CLUSTER_RECEIVED,
+        "Messages received from other nodes, by path."
+    );
+    describe_counter!(
+        CLUSTER_FORWARD_FAILURES,
+        "Sends to other nodes that failed or timed out, by path (a failed queue send fails the PUBACK)."
+    );
+    describe_counter!(
+        CLUSTER_TAKEOVERS,
+        "Sessions handed between nodes, by direction (in, out)."
+    );
+    describe_gauge!(
+        CLUSTER_REMOTE_FILTERS,
+        "Distinct subscription filters other nodes hold, as this node last heard."
+    );
     describe_gauge!(CONNECTIONS, "Open MQTT connections past CONNECT.");
     describe_counter!(TLS_HANDSHAKES, "TLS handshakes completed on TLS listeners.");
     describe_counter!(

@@ -346,6 +346,10 @@ impl Connection {
         if let Some(exit) = self.persist_session(broker).await {
             return Some(exit);
         }
+        // In a cluster, the SUBACK waits until NATS routes the new filters here.
+        if let Some(cluster) = broker.cluster() {
+            Box::pin(cluster.sync()).await;
+        }
         let ack = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,

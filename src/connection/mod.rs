@@ -43,6 +43,7 @@ mod lifecycle;
 mod writer;
 
 pub use lifecycle::schedule_expiry;
+pub(crate) use lifecycle::{discard_session, finish_discard_now};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -221,7 +222,18 @@ where
                 return;
             }
         };
-        let conn = match Connection::handshake(connect, &broker, &info) {
+        // In a cluster, a session owned by another node comes here first (its client
+        // there is disconnected with 0x8E) [MQTT-3.1.4-3].
+        let imported = match broker.cluster() {
+            Some(cluster)
+                if !connect.client_id.is_empty()
+                    && !broker.is_dead_letter_session(&connect.client_id) =>
+            {
+                Box::pin(cluster.claim(&connect.client_id, connect.clean_start)).await
+            }
+            _ => None,
+        };
+        let conn = match Connection::handshake(connect, &broker, &info, imported) {
             Ok(c) => c,
             Err(refusal) => {
                 let (connack, version, why) = *refusal;
