@@ -47,7 +47,7 @@ use interest::{RemoteInterest, RemoteMatches};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +60,9 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDOFF_RETRY: Duration = Duration::from_millis(100);
 /// ...this many times, then it becomes a `session_expired` dead letter.
 const HANDOFF_MAX_DELIVERIES: i64 = 100;
+/// JetStream redelivers an inbox message not acked within this (a node killed while
+/// storing it, or a pull request its dead process left behind).
+const INBOX_ACK_WAIT: Duration = Duration::from_secs(10);
 /// Inbox messages being stored at once (their acks wait for the log in parallel).
 const INBOX_CONCURRENCY: usize = 1024;
 
@@ -94,7 +97,6 @@ pub struct Cluster {
     remote: RwLock<RemoteInterest>,
     /// Interest commands for the interest task (barriers and resyncs).
     commands: mpsc::UnboundedSender<Command>,
-    connected: AtomicBool,
     /// Rotates the choice of node for shared groups.
     round_robin: AtomicUsize,
     /// Sessions this node handed to another node, with their subscriptions: messages
@@ -308,7 +310,6 @@ impl Cluster {
             buckets: OnceLock::new(),
             remote: RwLock::new(RemoteInterest::default()),
             commands,
-            connected: AtomicBool::new(false),
             round_robin: AtomicUsize::new(0),
             moved: parking_lot::Mutex::new(Moved::default()),
         });
@@ -333,6 +334,12 @@ impl Cluster {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Whether NATS is reachable now. While it is not (a partition), the node serves
+    /// its local clients; what needs another node fails fast instead of waiting.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn queue_subject(&self, node: &str) -> String {
@@ -386,6 +393,22 @@ impl Cluster {
             .map(|(s, n)| (s.clone(), n.to_string()))
             .collect();
         let body = env.encode();
+        if !self.is_connected() {
+            // Partitioned: local subscribers have it; other nodes' non-durable ones miss
+            // it (at most once), and a publish that needed another node's durable inbox
+            // or the retained bucket is not acknowledged as if it had reached them.
+            metrics::counter!(metric::CLUSTER_FORWARD_FAILURES, "path" => "core").increment(1);
+            let needs_remote = !plan.durable_nodes.is_empty()
+                || (message.retain && message.qos != QoS::AtMostOnce);
+            if needs_remote {
+                let (tx, ticket) = CommitTicket::pending();
+                let _ = tx.send(Err(StoreError::Remote(
+                    "NATS unreachable: cannot reach other nodes' durable inboxes".into(),
+                )));
+                tickets.push(ticket);
+            }
+            return;
+        }
         let subject = subject::topic_to_subject(&self.prefix, &message.topic);
         match self.client.publish(subject, body.clone()).await {
             Ok(()) => metrics::counter!(metric::CLUSTER_FORWARDED, "path" => "core").increment(1),
@@ -475,6 +498,9 @@ impl Cluster {
     /// means "messages published anywhere from now on reach you". Bounded: with NATS
     /// away it returns after a short wait and the node serves local publishers.
     pub async fn sync(&self) {
+        if !self.is_connected() {
+            return;
+        }
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Sync(tx)).is_ok() {
             let _ = tokio::time::timeout(CONTROL_TIMEOUT, rx).await;
@@ -487,6 +513,13 @@ impl Cluster {
     pub async fn claim(&self, client_id: &str, clean_start: bool) -> Option<PersistedSession> {
         let buckets = self.buckets.get()?;
         self.moved.lock().remove(client_id);
+        if !self.is_connected() {
+            warn!(
+                client_id,
+                "NATS unreachable: connecting with this node's session state only"
+            );
+            return None;
+        }
         let key = b64(client_id);
         let owner = match tokio::time::timeout(CONTROL_TIMEOUT, buckets.sessions.get(&key)).await {
             Ok(Ok(owner)) => owner,
@@ -640,7 +673,6 @@ async fn setup_task(cluster: Arc<Cluster>, broker: Arc<Broker>, replicas: usize)
         }
     };
     let _ = cluster.buckets.set(buckets);
-    cluster.connected.store(true, Ordering::Relaxed);
     hand_off_stale_sessions(&cluster, &broker).await;
     info!(node = %cluster.node, "cluster ready: JetStream inbox and buckets in place");
     let _ = cluster.commands.send(Command::Resync);
@@ -730,7 +762,13 @@ async fn interest_task(
                     let _ = tokio::time::timeout(CONTROL_TIMEOUT, cluster.client.flush()).await;
                     let _ = done.send(());
                 }
-                Some(Command::Resync) => state.resync(&cluster).await,
+                Some(Command::Resync) => {
+                    state.retry_scheduled = false;
+                    if !state.resync(&cluster).await {
+                        // JetStream may still be electing leaders after NATS returned.
+                        state.retry_later(&cluster);
+                    }
+                }
                 None => return,
             },
         }
@@ -743,9 +781,24 @@ struct LocalInterest {
     filters: HashMap<Arc<str>, bool>,
     /// NATS subject → (filters needing it, its receiving task).
     subjects: HashMap<String, (usize, tokio::task::AbortHandle)>,
+    /// A full re-announcement is due (an announcement failed).
+    retry_scheduled: bool,
 }
 
 impl LocalInterest {
+    /// Re-announces everything in a second (once, however many announcements failed).
+    fn retry_later(&mut self, cluster: &Cluster) {
+        if self.retry_scheduled {
+            return;
+        }
+        self.retry_scheduled = true;
+        let commands = cluster.commands.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = commands.send(Command::Resync);
+        });
+    }
+
     async fn apply(
         &mut self,
         cluster: &Arc<Cluster>,
@@ -764,7 +817,9 @@ impl LocalInterest {
                         self.add_subject(cluster, broker, s).await;
                     }
                 }
-                announce(cluster, &filter, Some(durable)).await;
+                if !announce(cluster, &filter, Some(durable)).await {
+                    self.retry_later(cluster);
+                }
             }
             InterestChange::Removed { filter } => {
                 if self.filters.remove(&filter).is_none() {
@@ -779,7 +834,9 @@ impl LocalInterest {
                         }
                     }
                 }
-                announce(cluster, &filter, None).await;
+                if !announce(cluster, &filter, None).await {
+                    self.retry_later(cluster);
+                }
             }
         }
     }
@@ -806,11 +863,16 @@ impl LocalInterest {
 
     /// Re-announces every filter and removes this node's stale keys (from before a
     /// restart, or changes lost while NATS was away).
-    async fn resync(&mut self, cluster: &Cluster) {
+    /// Returns whether everything was announced.
+    async fn resync(&mut self, cluster: &Cluster) -> bool {
         let Some(buckets) = cluster.buckets.get() else {
-            return;
+            return true;
         };
+        if !cluster.is_connected() {
+            return true;
+        }
         let mine = format!("{}.", cluster.node);
+        let mut complete = true;
         if let Ok(Ok(mut keys)) =
             tokio::time::timeout(CONTROL_TIMEOUT, buckets.interest.keys()).await
         {
@@ -826,22 +888,35 @@ impl LocalInterest {
             for key in stale {
                 let _ = buckets.interest.delete(&key).await;
             }
+        } else {
+            complete = false;
         }
         for (filter, durable) in &self.filters {
-            announce(cluster, filter, Some(*durable)).await;
+            if !complete {
+                break;
+            }
+            complete &= announce(cluster, filter, Some(*durable)).await;
         }
-        debug!(
-            filters = self.filters.len(),
-            "interest announced to the cluster"
-        );
+        if complete {
+            info!(
+                filters = self.filters.len(),
+                "interest announced to the cluster"
+            );
+        }
+        complete
     }
 }
 
-/// Writes (or with `None`, deletes) this node's key for `filter` in the interest bucket.
-async fn announce(cluster: &Cluster, filter: &str, durable: Option<bool>) {
+/// Writes (or with `None`, deletes) this node's key for `filter` in the interest
+/// bucket; returns whether it was written.
+async fn announce(cluster: &Cluster, filter: &str, durable: Option<bool>) -> bool {
     let Some(buckets) = cluster.buckets.get() else {
-        return;
+        return false;
     };
+    if !cluster.is_connected() {
+        // Re-announced in full when NATS returns (the Connected event resyncs).
+        return false;
+    }
     let key = format!("{}.{}", cluster.node, b64(filter));
     let result = match durable {
         Some(d) => tokio::time::timeout(
@@ -857,10 +932,11 @@ async fn announce(cluster: &Cluster, filter: &str, durable: Option<bool>) {
             .map(|r| r.map_err(|e| e.to_string())),
     };
     match result {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => return true,
         Ok(Err(e)) => warn!(filter, error = %e, "interest not announced; will resync"),
         Err(_) => warn!(filter, "interest announcement timed out; will resync"),
     }
+    false
 }
 
 /// Follows the interest bucket: what every other node is subscribed to.
@@ -973,7 +1049,7 @@ async fn consume_inbox(cluster: Arc<Cluster>, broker: Arc<Broker>) {
                         durable_name: Some(cluster.node.to_string()),
                         filter_subject: cluster.queue_subject(&cluster.node),
                         ack_policy: AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(30),
+                        ack_wait: INBOX_ACK_WAIT,
                         max_ack_pending: INBOX_CONCURRENCY as i64 * 4,
                         ..Default::default()
                     },
@@ -983,8 +1059,27 @@ async fn consume_inbox(cluster: Arc<Cluster>, broker: Arc<Broker>) {
         }
         .await;
         let mut messages = match consumer {
-            Ok(c) => match c.messages().await {
-                Ok(m) => m,
+            // Short pulls: a pull request left by a killed process holds back delivery
+            // until it expires.
+            Ok(mut c) => match c
+                .stream()
+                .max_messages_per_batch(256)
+                .expires(Duration::from_secs(4))
+                .heartbeat(Duration::from_secs(1))
+                .messages()
+                .await
+            {
+                Ok(m) => {
+                    if let Ok(info) = c.info().await {
+                        info!(
+                            pending = info.num_pending,
+                            unacknowledged = info.num_ack_pending,
+                            redelivered = info.num_redelivered,
+                            "durable inbox open"
+                        );
+                    }
+                    m
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot read the durable inbox; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -10,8 +10,25 @@ use std::time::{Duration, Instant};
 pub struct NatsCluster {
     servers: Vec<Child>,
     pub client_ports: Vec<u16>,
+    confs: Vec<PathBuf>,
     logs: Vec<PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+fn spawn_server(conf: &PathBuf, log: &PathBuf) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("nats log");
+    Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("nats-server must be installed (Debian package nats-server)")
 }
 
 /// Ports the kernel just handed out (closed again: nats-server binds them next).
@@ -33,6 +50,7 @@ impl NatsCluster {
         let ports = free_ports(2 * n);
         let (client_ports, route_ports) = ports.split_at(n);
         let mut servers = Vec::new();
+        let mut confs = Vec::new();
         let mut logs = Vec::new();
         for i in 0..n {
             let routes: Vec<String> = route_ports
@@ -54,26 +72,66 @@ impl NatsCluster {
             )
             .expect("write nats config");
             let log = dir.path().join(format!("n{i}.log"));
-            let out = std::fs::File::create(&log).expect("nats log");
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(out))
-                .spawn()
-                .expect("nats-server must be installed (Debian package nats-server)");
-            servers.push(child);
+            servers.push(spawn_server(&conf, &log));
+            confs.push(conf);
             logs.push(log);
         }
         let cluster = NatsCluster {
             servers,
             client_ports: client_ports.to_vec(),
+            confs,
             logs,
             _dir: dir,
         };
         cluster.wait_for("metadata leader", Duration::from_secs(30));
         cluster
+    }
+
+    /// Kills every server (the cluster nodes are cut off from NATS).
+    pub fn stop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+
+    /// Starts every server again on its ports and data, and waits for a new JetStream
+    /// metadata leader.
+    pub fn restart(&mut self) {
+        let before: usize = self
+            .logs
+            .iter()
+            .map(|l| {
+                std::fs::read_to_string(l)
+                    .unwrap_or_default()
+                    .matches("metadata leader")
+                    .count()
+            })
+            .sum();
+        self.servers = self
+            .confs
+            .iter()
+            .zip(&self.logs)
+            .map(|(c, l)| spawn_server(c, l))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now: usize = self
+                .logs
+                .iter()
+                .map(|l| {
+                    std::fs::read_to_string(l)
+                        .unwrap_or_default()
+                        .matches("metadata leader")
+                        .count()
+                })
+                .sum();
+            if now > before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "NATS cluster did not come back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The `nats_urls` value for sluice's config.
