@@ -12,6 +12,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod dead_letter;
+pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;

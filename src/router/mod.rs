@@ -259,6 +259,7 @@ mod tests {
                 queue_qos0_offline: false,
                 drop_newest: false,
                 max_delivery_attempts: 0,
+                budget: crate::limits::QueueBudget::unlimited(),
             },
         ))
     }
