@@ -64,6 +64,8 @@ pub struct Broker {
     pub pending_connect_permits: Arc<Semaphore>,
     /// One permit per TLS handshake in progress ([limits] max_tls_handshakes).
     pub tls_handshake_permits: Arc<Semaphore>,
+    /// The broker-wide queue budget and the per-address connection rate.
+    pub guards: crate::limits::Guards,
     /// The durable log: persistent sessions, their queues, retained messages.
     pub store: Store,
     /// Password and ACL files in force (swapped whole on SIGHUP).
@@ -112,6 +114,7 @@ impl Broker {
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let pending = Arc::new(Semaphore::new(config.limits.max_pending_connects));
         let handshakes = Arc::new(Semaphore::new(config.limits.max_tls_handshakes));
+        let guards = crate::limits::Guards::new(&config.limits);
         let broker = Arc::new(Broker {
             auth: RwLock::new(Arc::new(auth)),
             listeners: parking_lot::Mutex::new(Vec::new()),
@@ -124,6 +127,7 @@ impl Broker {
             connection_permits: permits,
             pending_connect_permits: pending,
             tls_handshake_permits: handshakes,
+            guards,
             store,
         });
         broker.restore(recovered);
@@ -141,6 +145,7 @@ impl Broker {
                 queue_qos0_offline: false,
                 drop_newest: false,
                 max_delivery_attempts: 0,
+                budget: Arc::clone(&self.guards.queue_budget),
             };
         }
         QueueLimits {
@@ -149,6 +154,7 @@ impl Broker {
             queue_qos0_offline: self.config.session.queue_qos0_offline,
             drop_newest: dl.queue_full_spill == Spill::Newest,
             max_delivery_attempts: dl.max_delivery_attempts,
+            budget: Arc::clone(&self.guards.queue_budget),
         }
     }
 

@@ -236,6 +236,13 @@ pub struct Limits {
     pub max_subscriptions_per_client: usize,
     pub topic_alias_maximum: u16,
     pub max_keepalive_secs: u16,
+    /// Bytes held in all sessions' queues and inflight windows together (topic, payload
+    /// and per-entry bookkeeping); past it, publishers are not read until it drains.
+    pub max_total_queued_bytes: usize,
+    /// New connections accepted per source address (IPv6: per /64) per second; 0 = off.
+    pub max_connects_per_ip_per_sec: u32,
+    /// Bytes read per second from one connection; 0 = off.
+    pub max_inbound_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -306,6 +313,9 @@ impl Default for Limits {
             max_subscriptions_per_client: 1000,
             topic_alias_maximum: 64,
             max_keepalive_secs: 0,
+            max_total_queued_bytes: 1024 * 1024 * 1024,
+            max_connects_per_ip_per_sec: 0,
+            max_inbound_bytes_per_sec: 0,
         }
     }
 }
@@ -407,6 +417,9 @@ impl Config {
                 "limits.max_queued_messages",
                 "queue limits must be at least 1",
             );
+        }
+        if l.max_total_queued_bytes == 0 {
+            return invalid("limits.max_total_queued_bytes", "must be at least 1");
         }
         if l.max_topic_levels == 0 {
             return invalid("limits.max_topic_levels", "must be at least 1");
@@ -529,6 +542,10 @@ mod tests {
         let cases = [
             ("[limits]\nmax_packet_size = 10\n", "limits.max_packet_size"),
             ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
+            (
+                "[limits]\nmax_total_queued_bytes = 0\n",
+                "limits.max_total_queued_bytes",
+            ),
             (
                 "[limits]\nmax_client_id_len = 5\n",
                 "limits.max_client_id_len",

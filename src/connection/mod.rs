@@ -476,6 +476,7 @@ impl Connection {
         // Keepalive: one and a half times the interval without any packet [MQTT-3.1.2-24].
         let grace = self.keep_alive + self.keep_alive / 2;
         let mut deadline = Instant::now() + grace;
+        let mut gate = crate::limits::ReadGate::new(&broker.config.limits);
         loop {
             loop {
                 match protocol::decode(buf, Some(self.version), max_packet) {
@@ -484,7 +485,10 @@ impl Connection {
                         // PUBLISH is handled inline (the hot path); the other packets'
                         // handling is boxed so it does not grow every connection's task.
                         let exit = match packet {
-                            Packet::Publish(p) => self.on_publish(p, broker, io).await,
+                            Packet::Publish(p) => {
+                                gate.saw_publish();
+                                self.on_publish(p, broker, io).await
+                            }
                             other => Box::pin(self.handle(other, broker, io)).await,
                         };
                         if let Some(exit) = exit {
@@ -494,6 +498,22 @@ impl Connection {
                     Ok(None) => break,
                     Err(e) => return Exit::Protocol(e),
                 }
+            }
+            // Resource limits (src/limits.rs): the queue budget pauses publishers, the
+            // inbound byte rate throttles fast senders. Boxed: only a waiting connection
+            // pays for the wait's state.
+            let budget = &broker.guards.queue_budget;
+            if gate.must_wait(budget) {
+                let paused = Instant::now();
+                tokio::select! {
+                    biased;
+                    _ = broker.shutdown.cancelled() => return Exit::Shutdown,
+                    _ = &mut self.kick => return Exit::TakenOver,
+                    _ = io.writer_done.cancelled() => return Exit::WriterGone,
+                    _ = Box::pin(gate.wait(budget)) => {}
+                }
+                // The broker paused, not the client: not counted against its keepalive.
+                deadline += paused.elapsed();
             }
             // An idle connection gives its buffer back: after IDLE_RELEASE without a byte,
             // an empty buffer is freed and the next read allocates again.
@@ -528,7 +548,7 @@ impl Connection {
                 }
                 read = read_some(rd, buf) => match read {
                     Ok(0) => return Exit::Lost("peer closed the connection".into()),
-                    Ok(_) => {}
+                    Ok(n) => gate.consumed(n),
                     Err(e) => return Exit::Lost(e.to_string()),
                 },
             }

@@ -375,6 +375,7 @@ mod tests {
                 queue_qos0_offline: false,
                 drop_newest: false,
                 max_delivery_attempts: 0,
+                budget: crate::limits::QueueBudget::unlimited(),
             },
         ))
     }
