@@ -110,7 +110,10 @@ impl Broker {
             ..StoreConfig::default()
         })?;
         let auth = AuthFiles::load(&config.auth)?;
-        let router = Router::new(config.limits.max_topic_levels);
+        let mut router = Router::new(config.limits.max_topic_levels);
+        if config.cluster.enabled {
+            router = router.tracking_interest();
+        }
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let pending = Arc::new(Semaphore::new(config.limits.max_pending_connects));
         let handshakes = Arc::new(Semaphore::new(config.limits.max_tls_handshakes));

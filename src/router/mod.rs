@@ -63,6 +63,8 @@ pub struct Router {
     /// Rotates the tie-break among equally loaded shared-group members.
     round_robin: AtomicUsize,
     max_topic_levels: usize,
+    /// Whether `interest` is kept (cluster mode only: it costs a map entry per filter).
+    track_interest: bool,
     /// Per distinct filter, who holds it (for the cluster's interest).
     interest: parking_lot::Mutex<HashMap<Arc<str>, FilterInterest>>,
     /// Where interest changes go, once a cluster listens.
@@ -77,9 +79,17 @@ impl Router {
             retained: RwLock::new(retained::RetainedStore::default()),
             round_robin: AtomicUsize::new(0),
             max_topic_levels,
+            track_interest: false,
             interest: parking_lot::Mutex::new(HashMap::new()),
             interest_observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A router that keeps the per-filter interest a cluster node announces (set before
+    /// any subscription is restored, so none is missed).
+    pub fn tracking_interest(mut self) -> Router {
+        self.track_interest = true;
+        self
     }
 
     /// Starts sending [`InterestChange`]s to `tx`; returns the interest as it stands,
@@ -96,16 +106,10 @@ impl Router {
             .collect()
     }
 
-    /// The interest as it stands (for a full resynchronisation).
-    pub fn interest_snapshot(&self) -> Vec<(Arc<str>, bool)> {
-        self.interest
-            .lock()
-            .iter()
-            .map(|(f, i)| (Arc::clone(f), i.durable > 0))
-            .collect()
-    }
-
     fn interest_changed(&self, filter: &str, added: Option<bool>, removed: Option<bool>) {
+        if !self.track_interest {
+            return;
+        }
         let mut interest = self.interest.lock();
         let (before, after, key) = {
             let key = match interest.get_key_value(filter) {
@@ -122,7 +126,7 @@ impl Router {
                 entry.sessions += 1;
                 entry.durable += usize::from(d);
             }
-            ((before), (entry.sessions > 0, entry.durable > 0), key)
+            (before, (entry.sessions > 0, entry.durable > 0), key)
         };
         if !after.0 {
             interest.remove(&key);
@@ -428,5 +432,60 @@ mod tests {
             ids.sort_unstable();
             assert_eq!(ids, vec![1, 2]);
         }
+    }
+
+    /// The interest a cluster node announces changes only when a filter appears, turns
+    /// durable or not, or disappears, whoever holds it.
+    #[test]
+    fn interest_changes_are_reported_once_per_transition() {
+        let router = Router::new(64).tracking_interest();
+        let persistent = session("p");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let snapshot = router.observe_interest(tx);
+        assert!(snapshot.is_empty());
+        let qos = |qos| SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        let f: Arc<str> = Arc::from("a/#");
+        router
+            .subscribe(&persistent, "a/#", qos(QoS::AtMostOnce), None)
+            .expect("valid");
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Upsert {
+                filter: Arc::clone(&f),
+                durable: false
+            })
+        );
+        let other = session("q");
+        router
+            .subscribe(&other, "a/#", qos(QoS::AtMostOnce), None)
+            .expect("valid");
+        assert!(rx.try_recv().is_err(), "a second holder changes nothing");
+        router
+            .subscribe(&persistent, "a/#", qos(QoS::AtLeastOnce), None)
+            .expect("valid");
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Upsert {
+                filter: Arc::clone(&f),
+                durable: true
+            })
+        );
+        assert!(router.unsubscribe(&persistent.client_id, "a/#"));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Upsert {
+                filter: Arc::clone(&f),
+                durable: false
+            })
+        );
+        assert!(router.unsubscribe(&other.client_id, "a/#"));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Removed { filter: f })
+        );
+        assert!(rx.try_recv().is_err());
     }
 }
