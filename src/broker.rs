@@ -112,7 +112,7 @@ impl Broker {
         let auth = AuthFiles::load(&config.auth)?;
         let mut router = Router::new(config.limits.max_topic_levels);
         if config.cluster.enabled {
-            router = router.tracking_interest();
+            router = router.tracking_interest(Some(&config.dead_letter.client_id));
         }
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let pending = Arc::new(Semaphore::new(config.limits.max_pending_connects));
@@ -373,7 +373,7 @@ impl Broker {
         message: &Arc<Message>,
         mut extra: Vec<Record>,
     ) -> Result<Accepted, StoreError> {
-        let cluster = self.cluster().filter(|_| Cluster::carries(&message.topic));
+        let cluster = self.cluster().filter(|c| c.carries(&message.topic));
         let mut plan = cluster.map(|c| c.plan(message));
         let mut targets = match &mut plan {
             Some(plan) => self

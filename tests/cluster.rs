@@ -383,3 +383,37 @@ async fn a_node_cut_off_from_nats_serves_locally_and_resyncs_when_it_returns() {
     }
     assert!(a.stderr().matches("connected to NATS").count() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_seen_from_every_node_and_kept_where_they_arose() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsCluster::start(3);
+    let nodes = start_nodes(&nats, "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut operator = v4::connect(b.port(), "operator").await;
+    operator.subscribe("$DLQ/#", QoS::AtLeastOnce).await;
+    wait_interest(a, "b", "$DLQ/#", false);
+
+    // Nobody anywhere subscribes to nobody/home: a no_subscribers dead letter on A.
+    let mut publisher = v4::connect(a.port(), "dl-pub").await;
+    publisher
+        .publish("nobody/home", QoS::AtLeastOnce, false, "lost")
+        .await;
+    let dl = operator.recv().await;
+    assert_eq!(dl.topic, "$DLQ/no_subscribers/nobody/home");
+    assert_eq!(&dl.payload[..], b"lost");
+
+    // The durable copy is in A's dead-letter session, not in B's.
+    let mut opts = v4::options(b.port(), "sluice-dlq");
+    opts.set_clean_session(false);
+    let (mut drain_b, _) = v4::connect_with(opts).await;
+    assert!(
+        drain_b.try_recv(Duration::from_millis(500)).await.is_none(),
+        "node B's dead-letter session holds only B's dead letters"
+    );
+    let mut opts = v4::options(a.port(), "sluice-dlq");
+    opts.set_clean_session(false);
+    let (mut drain_a, _) = v4::connect_with(opts).await;
+    let kept = drain_a.recv().await;
+    assert_eq!(kept.topic, "$DLQ/no_subscribers/nobody/home");
+}

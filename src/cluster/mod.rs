@@ -88,6 +88,8 @@ struct Buckets {
 pub struct Cluster {
     node: Arc<str>,
     prefix: String,
+    /// `[dead_letter] topic_prefix`: the one `$` topic space shared across nodes.
+    dead_letter_prefix: String,
     forward_timeout: Duration,
     client: async_nats::Client,
     js: jetstream::Context,
@@ -304,6 +306,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             node,
             prefix: cfg.subject_prefix.clone(),
+            dead_letter_prefix: broker.config.dead_letter.topic_prefix.clone(),
             forward_timeout: Duration::from_millis(cfg.forward_timeout_ms),
             client,
             js,
@@ -346,10 +349,16 @@ impl Cluster {
         format!("{}.q.{node}", self.prefix)
     }
 
-    /// Whether a message on `topic` crosses nodes: broker-local `$` topics (`$SYS`,
-    /// the dead letters) do not.
-    pub fn carries(topic: &str) -> bool {
-        !topic.starts_with('$')
+    /// Whether a message on `topic` crosses nodes: dead letters do (a `$DLQ/#`
+    /// subscriber on any node sees every node's), other `$` topics (`$SYS`) do not.
+    pub fn carries(&self, topic: &str) -> bool {
+        !topic.starts_with('$') || self.carries_dollar(topic)
+    }
+
+    fn carries_dollar(&self, topic_or_filter: &str) -> bool {
+        topic_or_filter
+            .strip_prefix(self.dead_letter_prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// Looks up who elsewhere wants `message`, before the local routing.
@@ -807,8 +816,11 @@ impl LocalInterest {
     ) {
         match change {
             InterestChange::Upsert { filter, durable } => {
-                if filter.starts_with('$') && !filter.starts_with("$share/") {
-                    // `$SYS/...` and `$DLQ/...` subscriptions are served by this node.
+                if filter.starts_with('$')
+                    && !filter.starts_with("$share/")
+                    && !cluster.carries_dollar(&filter)
+                {
+                    // `$SYS/...` subscriptions are served by this node alone.
                     return;
                 }
                 let new = self.filters.insert(Arc::clone(&filter), durable).is_none();

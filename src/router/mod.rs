@@ -65,6 +65,9 @@ pub struct Router {
     max_topic_levels: usize,
     /// Whether `interest` is kept (cluster mode only: it costs a map entry per filter).
     track_interest: bool,
+    /// A session whose subscriptions are not interest (the node's own dead-letter
+    /// session: each node collects its own dead letters).
+    untracked_client: Option<Arc<str>>,
     /// Per distinct filter, who holds it (for the cluster's interest).
     interest: parking_lot::Mutex<HashMap<Arc<str>, FilterInterest>>,
     /// Where interest changes go, once a cluster listens.
@@ -80,6 +83,7 @@ impl Router {
             round_robin: AtomicUsize::new(0),
             max_topic_levels,
             track_interest: false,
+            untracked_client: None,
             interest: parking_lot::Mutex::new(HashMap::new()),
             interest_observer: std::sync::OnceLock::new(),
         }
@@ -87,8 +91,9 @@ impl Router {
 
     /// A router that keeps the per-filter interest a cluster node announces (set before
     /// any subscription is restored, so none is missed).
-    pub fn tracking_interest(mut self) -> Router {
+    pub fn tracking_interest(mut self, except_client: Option<&str>) -> Router {
         self.track_interest = true;
+        self.untracked_client = except_client.map(Arc::from);
         self
     }
 
@@ -106,8 +111,14 @@ impl Router {
             .collect()
     }
 
-    fn interest_changed(&self, filter: &str, added: Option<bool>, removed: Option<bool>) {
-        if !self.track_interest {
+    fn interest_changed(
+        &self,
+        client_id: &str,
+        filter: &str,
+        added: Option<bool>,
+        removed: Option<bool>,
+    ) {
+        if !self.track_interest || self.untracked_client.as_deref() == Some(client_id) {
             return;
         }
         let mut interest = self.interest.lock();
@@ -180,7 +191,12 @@ impl Router {
                 (true, self.shared.write().insert(f, key, entry))
             }
         };
-        self.interest_changed(filter, Some(durable), old.map(|o| o.durable));
+        self.interest_changed(
+            &session.client_id,
+            filter,
+            Some(durable),
+            old.map(|o| o.durable),
+        );
         Ok(shared)
     }
 
@@ -196,7 +212,7 @@ impl Router {
         };
         match old {
             Some(old) => {
-                self.interest_changed(filter, None, Some(old.durable));
+                self.interest_changed(client_id, filter, None, Some(old.durable));
                 true
             }
             None => false,
@@ -438,7 +454,7 @@ mod tests {
     /// durable or not, or disappears, whoever holds it.
     #[test]
     fn interest_changes_are_reported_once_per_transition() {
-        let router = Router::new(64).tracking_interest();
+        let router = Router::new(64).tracking_interest(Some("dlq"));
         let persistent = session("p");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let snapshot = router.observe_interest(tx);
@@ -487,5 +503,12 @@ mod tests {
             Some(InterestChange::Removed { filter: f })
         );
         assert!(rx.try_recv().is_err());
+        router
+            .subscribe(&session("dlq"), "$DLQ/#", qos(QoS::AtLeastOnce), None)
+            .expect("valid");
+        assert!(
+            rx.try_recv().is_err(),
+            "the dead-letter session is not interest"
+        );
     }
 }
