@@ -382,6 +382,22 @@ async fn a_node_cut_off_from_nats_serves_locally_and_resyncs_when_it_returns() {
         );
     }
     assert!(a.stderr().matches("connected to NATS").count() >= 2);
+
+    // The retained watch resumed too: a retained message set on B reaches A.
+    let mut on_b_pub = v4::connect(b.port(), "late-ret").await;
+    on_b_pub
+        .publish("late/retained", QoS::AtLeastOnce, true, "kept")
+        .await;
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    loop {
+        let mut probe = v4::connect(a.port(), "late-probe").await;
+        probe.subscribe("late/retained", QoS::AtLeastOnce).await;
+        if let Some(p) = probe.try_recv(Duration::from_millis(300)).await {
+            assert_eq!(&p.payload[..], b"kept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "retained message not seen on A");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
