@@ -16,9 +16,11 @@
 #   - a few clients sending random bytes after a valid CONNECT
 #   - TLS publishers (mosquitto_pub --cafile) if certs/make-dev-certs.sh and openssl exist
 #   - a dead-letter drainer every 20 s (client id sluice-dlq)
-# Samples sluice's RSS, open fds and threads into soak.csv; at the end prints start/max/end,
-# a growth check after warm-up (mean of the 2nd vs the 4th quarter of the samples), the
-# delivery accounting, unexpected ERROR lines, and PASS or FAIL (exit 0 / 1).
+# Samples sluice's RSS, open fds and threads, and from /metrics what the broker says it
+# holds (queued/inflight messages, the queue budget in bytes, the dead-letter session's
+# depth, live log bytes), into soak.csv; at the end prints start/max/end, a growth check
+# after warm-up (mean of the 2nd vs the 4th quarter of the samples), the delivery
+# accounting, unexpected ERROR lines, and PASS or FAIL (exit 0 / 1).
 set -u
 
 MINUTES=10
@@ -43,7 +45,7 @@ echo "== building (release)"
 cargo build --release --bin sluice 2>&1 | tail -1
 LOAD=$(cargo bench --bench load --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 [ -x "$LOAD" ] || { echo "soak.sh: could not build the load tool" >&2; exit 70; }
-SLUICE=target/release/sluice
+SLUICE=${CARGO_TARGET_DIR:-target}/release/sluice
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-soak.XXXXXX")
 STOP="$WORK/stop"
@@ -66,7 +68,8 @@ cat >"$WORK/sluice.toml" <<EOF
 max_queued_messages = 2000
 max_queued_bytes = 1048576
 [metrics]
-enabled = false
+enabled = true
+listen = "127.0.0.1:0"
 EOF
 
 TLS_ARGS=()
@@ -78,16 +81,27 @@ if [ -x certs/make-dev-certs.sh ] && command -v openssl >/dev/null; then
     fi
 fi
 
-RUST_LOG=${RUST_LOG:-info} "$SLUICE" --config "$WORK/sluice.toml" --listen 127.0.0.1:0 \
+# SOAK_WRAPPER runs sluice under a tool, e.g. SOAK_WRAPPER="heaptrack -o $PWD/soak"; the
+# samples and the SIGTERM then go to the sluice process it starts.
+RUST_LOG=${RUST_LOG:-info} ${SOAK_WRAPPER:-} "$SLUICE" --config "$WORK/sluice.toml" --listen 127.0.0.1:0 \
     --data-dir "$WORK/data" "${TLS_ARGS[@]}" >"$WORK/stdout" 2>"$WORK/stderr" &
 SLUICE_PID=$!
+WRAPPER_PID=""
+if [ -n "${SOAK_WRAPPER:-}" ]; then
+    WRAPPER_PID=$SLUICE_PID
+    for _ in $(seq 100); do
+        SLUICE_PID=$(pgrep -n -f "sluice --config $WORK/sluice.toml") && break
+        sleep 0.1
+    done
+fi
 for _ in $(seq 100); do
     grep -q '^sluice ready' "$WORK/stdout" 2>/dev/null && break
     sleep 0.1
 done
-READY=$(head -1 "$WORK/stdout")
+READY=$(grep -m1 "^sluice ready" "$WORK/stdout")
 PORT=$(echo "$READY" | tr ' ' '\n' | sed -n 's/^mqtt=.*:\([0-9]*\)$/\1/p' | head -1)
-TLS_PORT=$(echo "$READY" | tr ' ' '\n' | grep -v '^mqtt=' | sed -n 's/^[a-z]*=127\.0\.0\.1:\([0-9]*\)$/\1/p' | head -1)
+TLS_PORT=$(echo "$READY" | tr ' ' '\n' | grep -v -e '^mqtt=' -e '^metrics=' | sed -n 's/^[a-z]*=127\.0\.0\.1:\([0-9]*\)$/\1/p' | head -1)
+METRICS=$(echo "$READY" | tr ' ' '\n' | sed -n 's/^metrics=//p' | head -1)
 [ -n "$PORT" ] || { echo "soak.sh: no ready line: $READY"; cat "$WORK/stderr"; exit 1; }
 echo "== $READY (pid $SLUICE_PID), $MINUTES min, work dir $WORK"
 
@@ -161,14 +175,25 @@ done; }
 dlq_drain() { timeout 30 mosquitto_sub -p "$PORT" -i sluice-dlq -c -q 1 -t '$DLQ/#' -W "$1" -F '%t %p' >>"$WORK/dlq.txt" 2>/dev/null; }
 dlq_loop() { while running; do sleep 20; dlq_drain 3; done; }
 
+# What the broker says it holds, from /metrics: queued and inflight messages, the queue
+# budget in use (bytes held by all sessions, bookkeeping included), the dead-letter
+# session's depth, sessions, connections and live log bytes.
+MCOLS="sluice_queued_messages sluice_inflight_messages sluice_queue_budget_used_bytes sluice_dead_letter_queued_messages sluice_sessions_offline_persistent sluice_connections sluice_store_live_bytes"
+scrape() {
+    local body
+    body=$(curl -s --max-time 5 "http://$METRICS/metrics" 2>/dev/null)
+    for m in $MCOLS; do
+        printf ',%s' "$(echo "$body" | awk -v m="$m" '$1 == m {printf "%.0f", $2; exit}')"
+    done
+}
 sample() {
-    echo "elapsed_s,rss_kib,fds,threads" >"$WORK/soak.csv"
+    echo "elapsed_s,rss_kib,fds,threads$(echo " $MCOLS" | tr ' ' ',')" >"$WORK/soak.csv"
     while running; do
         local rss fds thr
         rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$SLUICE_PID/status" 2>/dev/null)
         thr=$(awk '/^Threads:/ {print $2}' "/proc/$SLUICE_PID/status" 2>/dev/null)
         fds=$(ls "/proc/$SLUICE_PID/fd" 2>/dev/null | wc -l)
-        [ -n "$rss" ] && echo "$(($(date +%s) - START)),$rss,$fds,$thr" >>"$WORK/soak.csv"
+        [ -n "$rss" ] && echo "$(($(date +%s) - START)),$rss,$fds,$thr$(scrape)" >>"$WORK/soak.csv"
         sleep 5
     done
 }
@@ -216,7 +241,12 @@ if [ "$ALIVE" = 1 ]; then
     kill -TERM "$SLUICE_PID"
     for _ in $(seq 100); do kill -0 "$SLUICE_PID" 2>/dev/null || break; sleep 0.2; done
 fi
-wait "$SLUICE_PID" 2>/dev/null
+if [ -n "$WRAPPER_PID" ]; then
+    # Not our child: the wrapper's status stands for sluice's.
+    wait "$WRAPPER_PID" 2>/dev/null
+else
+    wait "$SLUICE_PID" 2>/dev/null
+fi
 EXIT=$?
 SLUICE_PID=""
 
@@ -242,6 +272,15 @@ printf 'RSS MiB  start %.1f  max %.1f  end %.1f  | mean 2nd quarter %.1f, 4th qu
     "$(echo "$RQ2/1024" | bc -l)" "$(echo "$RQ4/1024" | bc -l)"
 echo "fds      start $F0  max $FMAX  end $FEND  | mean 2nd quarter $FQ2, 4th quarter $FQ4"
 echo "threads  start $T0  max $TMAX  end $TEND"
+# What the broker itself holds, to tell bounded queues filling from a leak: RSS growth
+# that the queue budget (bytes in all queues and inflight windows) does not explain is
+# the broker's own.
+read -r B0 BMAX BEND BQ2 BQ4 <<<"$(stats 7)"
+read -r _ DMAX DEND _ _ <<<"$(stats 8)"
+printf 'held by sessions (queue budget) MiB  start %.1f  max %.1f  end %.1f  | mean 2nd quarter %.1f, 4th quarter %.1f\n' \
+    "$(echo "$B0/1048576" | bc -l)" "$(echo "$BMAX/1048576" | bc -l)" "$(echo "$BEND/1048576" | bc -l)" \
+    "$(echo "$BQ2/1048576" | bc -l)" "$(echo "$BQ4/1048576" | bc -l)"
+echo "dead-letter session depth  max $DMAX  end $DEND"
 # Growth trend after warm-up: the last quarter's mean more than 10% + 8 MiB (RSS) or
 # 10% + 50 (fds) above the second quarter's.
 if [ "$(echo "$RQ4 > $RQ2 * 1.10 + 8192" | bc)" = 1 ]; then FAIL+=("RSS grows after warm-up"); RTREND=yes; else RTREND=no; fi

@@ -6,6 +6,8 @@
 //! broker waits on for the grace period.
 
 use crate::auth::AuthFiles;
+use crate::cluster::envelope::Envelope;
+use crate::cluster::{Cluster, RemoteMode};
 use crate::config::{Config, Durability, Spill};
 use crate::dead_letter::{self, DeadLetterReason};
 use crate::listener::{self, Listener};
@@ -38,6 +40,8 @@ pub enum BrokerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("cannot set up TLS")]
     Tls(#[from] crate::listener::tls::TlsError),
+    #[error("cannot join the cluster")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -60,12 +64,16 @@ pub struct Broker {
     pub pending_connect_permits: Arc<Semaphore>,
     /// One permit per TLS handshake in progress ([limits] max_tls_handshakes).
     pub tls_handshake_permits: Arc<Semaphore>,
+    /// The broker-wide queue budget and the per-address connection rate.
+    pub guards: crate::limits::Guards,
     /// The durable log: persistent sessions, their queues, retained messages.
     pub store: Store,
     /// Password and ACL files in force (swapped whole on SIGHUP).
     pub auth: RwLock<Arc<AuthFiles>>,
     /// Bound listeners, for SIGHUP's certificate reload.
     listeners: parking_lot::Mutex<Vec<Arc<Listener>>>,
+    /// This node's cluster membership, when `[cluster] enabled`.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 /// What accepting a message did.
@@ -102,13 +110,18 @@ impl Broker {
             ..StoreConfig::default()
         })?;
         let auth = AuthFiles::load(&config.auth)?;
-        let router = Router::new(config.limits.max_topic_levels);
+        let mut router = Router::new(config.limits.max_topic_levels);
+        if config.cluster.enabled {
+            router = router.tracking_interest(Some(&config.dead_letter.client_id));
+        }
         let permits = Arc::new(Semaphore::new(config.limits.max_connections));
         let pending = Arc::new(Semaphore::new(config.limits.max_pending_connects));
         let handshakes = Arc::new(Semaphore::new(config.limits.max_tls_handshakes));
+        let guards = crate::limits::Guards::new(&config.limits);
         let broker = Arc::new(Broker {
             auth: RwLock::new(Arc::new(auth)),
             listeners: parking_lot::Mutex::new(Vec::new()),
+            cluster: std::sync::OnceLock::new(),
             config,
             sessions: SessionRegistry::default(),
             router,
@@ -117,6 +130,7 @@ impl Broker {
             connection_permits: permits,
             pending_connect_permits: pending,
             tls_handshake_permits: handshakes,
+            guards,
             store,
         });
         broker.restore(recovered);
@@ -134,6 +148,7 @@ impl Broker {
                 queue_qos0_offline: false,
                 drop_newest: false,
                 max_delivery_attempts: 0,
+                budget: Arc::clone(&self.guards.queue_budget),
             };
         }
         QueueLimits {
@@ -142,6 +157,7 @@ impl Broker {
             queue_qos0_offline: self.config.session.queue_qos0_offline,
             drop_newest: dl.queue_full_spill == Spill::Newest,
             max_delivery_attempts: dl.max_delivery_attempts,
+            budget: Arc::clone(&self.guards.queue_budget),
         }
     }
 
@@ -275,6 +291,10 @@ impl Broker {
     pub async fn start(config: Config) -> Result<Running, BrokerError> {
         let broker = Broker::open(config)?;
         broker.ensure_dead_letter_session().await?;
+        if broker.config.cluster.enabled {
+            let cluster = Cluster::start(&broker).await?;
+            let _ = broker.cluster.set(cluster);
+        }
         let mut mqtt_addrs = Vec::new();
         let mut listener_addrs = Vec::new();
         let mut listeners = Vec::new();
@@ -335,6 +355,11 @@ impl Broker {
         Arc::clone(&self.auth.read())
     }
 
+    /// This node's cluster handle, when it is part of one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
     pub fn next_message_id(&self) -> u64 {
         self.store.next_message_id()
     }
@@ -348,7 +373,14 @@ impl Broker {
         message: &Arc<Message>,
         mut extra: Vec<Record>,
     ) -> Result<Accepted, StoreError> {
-        let mut targets = self.router.route(message);
+        let cluster = self.cluster().filter(|c| c.carries(&message.topic));
+        let mut plan = cluster.map(|c| c.plan(message));
+        let mut targets = match &mut plan {
+            Some(plan) => self
+                .router
+                .route_with(message, &mut |share| plan.share_here(share)),
+            None => self.router.route(message),
+        };
         let mut records = Vec::new();
         let mut durable_any = false;
         if message.qos != QoS::AtMostOnce {
@@ -387,7 +419,7 @@ impl Broker {
         if message.retain {
             self.router.retain(message);
         }
-        let matched = targets.len();
+        let mut matched = targets.len();
         for (session, delivery) in targets {
             let outcome = session.enqueue(delivery);
             for evicted in outcome.evicted {
@@ -399,6 +431,14 @@ impl Broker {
                 );
             }
         }
+        if let (Some(cluster), Some(plan)) = (cluster, plan) {
+            if plan.has_remote() {
+                matched += 1;
+            }
+            // Boxed: ~2 KB of state that every connection's future would otherwise
+            // carry, clustered or not (accept is awaited inline on the publish path).
+            Box::pin(cluster.forward(message, plan, &mut tickets)).await;
+        }
         if matched == 0 && message.qos != QoS::AtMostOnce && self.config.dead_letter.no_subscribers
         {
             let ctx = dead_letter::Context {
@@ -409,6 +449,106 @@ impl Broker {
             tickets.extend(self.dead_letter(message, ctx).await);
         }
         Ok(Accepted { matched, tickets })
+    }
+
+    /// Delivers a message another node accepted: to the local subscribers `mode`
+    /// selects (never the dead-letter session: dead letters stay on their node), durably
+    /// for the persistent ones. Retained state arrives separately (the retained bucket).
+    /// Returns the tickets of its commit.
+    pub async fn accept_remote(
+        &self,
+        env: &Envelope,
+        node: &str,
+        mode: RemoteMode,
+    ) -> Result<Vec<CommitTicket>, StoreError> {
+        let message = Arc::new(env.to_message(self.next_message_id()));
+        let mut share_here =
+            |share: &str| env.assignments.iter().any(|(s, n)| s == share && n == node);
+        let mut targets = self.router.route_with(&message, &mut share_here);
+        targets.retain(|(session, delivery)| {
+            if self.is_dead_letter_session(&session.client_id) {
+                return false;
+            }
+            let durable = delivery.qos != QoS::AtMostOnce && session.is_persistent();
+            match mode {
+                RemoteMode::Core { skip_durable } => !(skip_durable && durable),
+                RemoteMode::Durable => durable,
+            }
+        });
+        let mut records = Vec::new();
+        for (session, delivery) in targets.iter_mut() {
+            if delivery.qos != QoS::AtMostOnce && session.is_persistent() {
+                delivery.durable = true;
+                records.push(Record::Enqueue {
+                    session: session.client_id.to_string(),
+                    message_id: message.id,
+                });
+            }
+        }
+        let mut tickets = Vec::new();
+        if !records.is_empty() {
+            records.insert(0, Record::Message(Arc::new(message_to_store(&message))));
+            tickets.push(self.store.submit(records).await?);
+        }
+        for (session, delivery) in targets {
+            for evicted in session.enqueue(delivery).evicted {
+                tickets.extend(
+                    self.undeliverable(&session, evicted, DeadLetterReason::QueueFull)
+                        .await,
+                );
+            }
+        }
+        Ok(tickets)
+    }
+
+    /// Stores a message another node handed over with `client_id`'s session. `None`
+    /// while the session has not arrived here yet (the caller retries), unless
+    /// `give_up`: then it becomes a dead letter.
+    pub async fn accept_handoff(
+        &self,
+        env: &Envelope,
+        client_id: &str,
+        give_up: bool,
+    ) -> Result<Option<Vec<CommitTicket>>, StoreError> {
+        let message = Arc::new(env.to_message(self.next_message_id()));
+        let Some(session) = self.sessions.get(client_id).filter(|s| !s.is_ended()) else {
+            if !give_up {
+                return Ok(None);
+            }
+            let ctx = dead_letter::Context {
+                reason: DeadLetterReason::SessionExpired,
+                subscriber: Some(client_id),
+                attempts: 0,
+            };
+            return Ok(Some(self.dead_letter(&message, ctx).await));
+        };
+        let durable = session.is_persistent() && env.qos != QoS::AtMostOnce;
+        let mut tickets = Vec::new();
+        if durable {
+            let records = vec![
+                Record::Message(Arc::new(message_to_store(&message))),
+                Record::Enqueue {
+                    session: client_id.to_string(),
+                    message_id: message.id,
+                },
+            ];
+            tickets.push(self.store.submit(records).await?);
+        }
+        let delivery = Delivery {
+            message: Arc::clone(&message),
+            qos: env.qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            attempts: 0,
+            durable,
+        };
+        for evicted in session.enqueue(delivery).evicted {
+            tickets.extend(
+                self.undeliverable(&session, evicted, DeadLetterReason::QueueFull)
+                    .await,
+            );
+        }
+        Ok(Some(tickets))
     }
 
     /// Publishes the dead letter for `original` (or sheds it, if it is one already).

@@ -38,6 +38,52 @@ pub struct Config {
     pub store: StoreSettings,
     pub dead_letter: DeadLetterConfig,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several sluice nodes acting as one broker through a NATS cluster. Off by
+/// default; when off, sluice never touches NATS.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// This node's name, unique in the cluster: one NATS token (`[A-Za-z0-9_-]`).
+    pub node: String,
+    /// NATS servers to connect to (any of them; the client fails over between them).
+    pub nats_urls: Vec<String>,
+    /// First token of every subject and name sluice uses on NATS, so several sluice
+    /// clusters can share one NATS.
+    pub subject_prefix: String,
+    /// NATS credentials: user and password, a token, or a `.creds` file.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    pub nats_token: Option<String>,
+    pub nats_creds_file: Option<PathBuf>,
+    /// PEM CA bundle to verify the NATS servers with; setting it requires TLS.
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// JetStream replicas of sluice's stream and buckets (3 on a 3-server NATS cluster).
+    pub replicas: usize,
+    /// How long a PUBACK waits for another node's queue (JetStream) to take a message
+    /// before the publish fails (v5 0x80; 3.x: the connection closes, unacknowledged).
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node: String::new(),
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            subject_prefix: "sluice".into(),
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_creds_file: None,
+            nats_tls_ca_file: None,
+            replicas: 1,
+            forward_timeout_ms: 5000,
+        }
+    }
 }
 
 /// Which end of a full queue spills to the dead-letter topic.
@@ -190,6 +236,13 @@ pub struct Limits {
     pub max_subscriptions_per_client: usize,
     pub topic_alias_maximum: u16,
     pub max_keepalive_secs: u16,
+    /// Bytes held in all sessions' queues and inflight windows together (topic, payload
+    /// and per-entry bookkeeping); past it, publishers are not read until it drains.
+    pub max_total_queued_bytes: usize,
+    /// New connections accepted per source address (IPv6: per /64) per second; 0 = off.
+    pub max_connects_per_ip_per_sec: u32,
+    /// Bytes read per second from one connection; 0 = off.
+    pub max_inbound_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -228,6 +281,7 @@ impl Default for Config {
             store: StoreSettings::default(),
             dead_letter: DeadLetterConfig::default(),
             auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -259,6 +313,9 @@ impl Default for Limits {
             max_subscriptions_per_client: 1000,
             topic_alias_maximum: 64,
             max_keepalive_secs: 0,
+            max_total_queued_bytes: 1024 * 1024 * 1024,
+            max_connects_per_ip_per_sec: 0,
+            max_inbound_bytes_per_sec: 0,
         }
     }
 }
@@ -361,6 +418,9 @@ impl Config {
                 "queue limits must be at least 1",
             );
         }
+        if l.max_total_queued_bytes == 0 {
+            return invalid("limits.max_total_queued_bytes", "must be at least 1");
+        }
         if l.max_topic_levels == 0 {
             return invalid("limits.max_topic_levels", "must be at least 1");
         }
@@ -397,6 +457,31 @@ impl Config {
         }
         if self.store.segment_bytes < 4096 {
             return invalid("store.segment_bytes", "must be at least 4096");
+        }
+        let c = &self.cluster;
+        if c.enabled {
+            use crate::cluster::subject::is_token;
+            if !is_token(&c.node) {
+                return invalid(
+                    "cluster.node",
+                    "a cluster node needs a name of letters, digits, '-' and '_'",
+                );
+            }
+            if !is_token(&c.subject_prefix) {
+                return invalid(
+                    "cluster.subject_prefix",
+                    "must be one NATS token: letters, digits, '-' and '_'",
+                );
+            }
+            if c.nats_urls.is_empty() {
+                return invalid("cluster.nats_urls", "at least one NATS server is needed");
+            }
+            if !(1..=5).contains(&c.replicas) {
+                return invalid("cluster.replicas", "JetStream allows 1 to 5 replicas");
+            }
+            if c.forward_timeout_ms == 0 {
+                return invalid("cluster.forward_timeout_ms", "must be at least 1");
+            }
         }
         Ok(())
     }
@@ -457,6 +542,10 @@ mod tests {
         let cases = [
             ("[limits]\nmax_packet_size = 10\n", "limits.max_packet_size"),
             ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
+            (
+                "[limits]\nmax_total_queued_bytes = 0\n",
+                "limits.max_total_queued_bytes",
+            ),
             (
                 "[limits]\nmax_client_id_len = 5\n",
                 "limits.max_client_id_len",

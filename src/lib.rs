@@ -9,9 +9,11 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod dead_letter;
+pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;

@@ -39,6 +39,8 @@ pub const PUBACK_FAILED: &str = "sluice_puback_failed_total";
 // Dead letters (label `reason` on DEAD_LETTERS).
 pub const DEAD_LETTERS: &str = "sluice_dead_letters_total";
 pub const DEAD_LETTERS_SHED: &str = "sluice_dead_letters_shed_total";
+pub const DEAD_LETTER_QUEUED: &str = "sluice_dead_letter_queued_messages";
+pub const DEAD_LETTER_QUEUED_BYTES: &str = "sluice_dead_letter_queued_bytes";
 // Security (labels: `reason` on failures, `access` on ACL denials).
 pub const TLS_HANDSHAKES: &str = "sluice_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "sluice_tls_handshake_failures_total";
@@ -49,6 +51,19 @@ pub const QUEUED_MESSAGES: &str = "sluice_queued_messages";
 pub const QUEUED_BYTES: &str = "sluice_queued_bytes";
 pub const SESSION_QUEUE_DEPTH: &str = "sluice_session_queue_depth_messages";
 pub const INFLIGHT_MESSAGES: &str = "sluice_inflight_messages";
+// Cluster (labels: `path` = core | queue | retained | session).
+pub const CLUSTER_CONNECTED: &str = "sluice_cluster_nats_connected";
+pub const CLUSTER_FORWARDED: &str = "sluice_cluster_forwarded_total";
+pub const CLUSTER_RECEIVED: &str = "sluice_cluster_received_total";
+pub const CLUSTER_FORWARD_FAILURES: &str = "sluice_cluster_forward_failures_total";
+pub const CLUSTER_TAKEOVERS: &str = "sluice_cluster_takeovers_total";
+pub const CLUSTER_REMOTE_FILTERS: &str = "sluice_cluster_remote_filters";
+// Resource limits ([limits]; see src/limits.rs).
+pub const QUEUE_BUDGET_USED: &str = "sluice_queue_budget_used_bytes";
+pub const QUEUE_BUDGET_LIMIT: &str = "sluice_queue_budget_limit_bytes";
+pub const PUBLISHER_PAUSES: &str = "sluice_publisher_pauses_total";
+pub const INBOUND_THROTTLE_WAIT: &str = "sluice_inbound_throttle_wait_seconds";
+pub const CLIENT_LIMITS_EXCEEDED: &str = "sluice_client_limits_exceeded_total";
 // Store.
 pub const STORE_APPENDS: &str = "sluice_store_appends_total";
 pub const STORE_BATCHES: &str = "sluice_store_batches_total";
@@ -82,6 +97,10 @@ pub const FSYNC_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     5.0,
 ];
+/// Buckets of the inbound throttle wait histogram: 1 ms to 10 s.
+pub const THROTTLE_BUCKETS: &[f64] = &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Labels of [`CLIENT_LIMITS_EXCEEDED`].
+pub const CLIENT_LIMITS: &[&str] = &["subscriptions", "receive_maximum", "topic_alias"];
 /// Buckets of the per-session queue depth histogram, in messages.
 pub const DEPTH_BUCKETS: &[f64] = &[
     0.0,
@@ -96,6 +115,30 @@ pub const DEPTH_BUCKETS: &[f64] = &[
 
 /// HELP text and units for every metric, once. Called by [`install`].
 pub fn describe_all() {
+    describe_gauge!(
+        CLUSTER_CONNECTED,
+        "1 while this cluster node is connected to NATS, 0 while partitioned from it."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "Messages sent to other nodes, by path (core fan-out, durable queue, retained, session hand-off)."
+    );
+    describe_counter!(
+        CLUSTER_RECEIVED,
+        "Messages received from other nodes, by path."
+    );
+    describe_counter!(
+        CLUSTER_FORWARD_FAILURES,
+        "Sends to other nodes that failed or timed out, by path (a failed queue send fails the PUBACK)."
+    );
+    describe_counter!(
+        CLUSTER_TAKEOVERS,
+        "Sessions handed between nodes, by direction (in, out)."
+    );
+    describe_gauge!(
+        CLUSTER_REMOTE_FILTERS,
+        "Distinct subscription filters other nodes hold, as this node last heard."
+    );
     describe_gauge!(CONNECTIONS, "Open MQTT connections past CONNECT.");
     describe_counter!(TLS_HANDSHAKES, "TLS handshakes completed on TLS listeners.");
     describe_counter!(
@@ -116,7 +159,9 @@ pub fn describe_all() {
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections refused, by reason (limit, connect, protocol, timeout)."
+        "Connections refused, by reason (limit: max_connections, rate: \
+         max_connects_per_ip_per_sec, pending_limit: max_pending_connects, timeout: \
+         connect_timeout_secs, protocol, connect)."
     );
     describe_gauge!(SESSIONS_ONLINE, "Sessions with a connected client.");
     describe_gauge!(
@@ -153,6 +198,15 @@ pub fn describe_all() {
         "Dead letters discarded because they were undeliverable themselves."
     );
     describe_gauge!(
+        DEAD_LETTER_QUEUED,
+        "Dead letters waiting in the dead-letter session for an operator to drain them."
+    );
+    describe_gauge!(
+        DEAD_LETTER_QUEUED_BYTES,
+        Unit::Bytes,
+        "Bytes (payload and topic) of the dead letters waiting in the dead-letter session."
+    );
+    describe_gauge!(
         QUEUED_MESSAGES,
         "Messages queued for sessions, not yet sent."
     );
@@ -168,6 +222,35 @@ pub fn describe_all() {
     describe_gauge!(
         INFLIGHT_MESSAGES,
         "Messages sent to subscribers and not yet acknowledged."
+    );
+    describe_gauge!(
+        QUEUE_BUDGET_USED,
+        Unit::Bytes,
+        "Bytes held by all sessions' queues and inflight windows together (topic, payload \
+         and per-entry bookkeeping), counted against max_total_queued_bytes."
+    );
+    describe_gauge!(
+        QUEUE_BUDGET_LIMIT,
+        Unit::Bytes,
+        "max_total_queued_bytes: past it, publishers are not read until it drains."
+    );
+    describe_counter!(
+        PUBLISHER_PAUSES,
+        "Times a publishing connection stopped being read because max_total_queued_bytes \
+         was exceeded (each pause lasts until it drains, at most 1 s)."
+    );
+    describe_histogram!(
+        INBOUND_THROTTLE_WAIT,
+        Unit::Seconds,
+        "Waits before reading a connection that sent faster than max_inbound_bytes_per_sec \
+         (count: throttle events, sum: time throttled)."
+    );
+    describe_counter!(
+        CLIENT_LIMITS_EXCEEDED,
+        "Client requests refused by a per-client limit, by limit (subscriptions: \
+         max_subscriptions_per_client, SUBACK 0x97; receive_maximum: QoS 2 awaiting PUBREL, \
+         DISCONNECT 0x93; topic_alias: alias outside topic_alias_maximum or unset, \
+         DISCONNECT 0x94 / 0x82)."
     );
     describe_counter!(STORE_APPENDS, "Records appended to the durable log.");
     describe_counter!(STORE_BATCHES, "Batches written to the durable log.");
@@ -422,6 +505,10 @@ pub fn install(prometheus: bool) -> anyhow::Result<Option<PrometheusHandle>> {
                 Matcher::Full(SESSION_QUEUE_DEPTH.to_string()),
                 DEPTH_BUCKETS,
             )?
+            .set_buckets_for_metric(
+                Matcher::Full(INBOUND_THROTTLE_WAIT.to_string()),
+                THROTTLE_BUCKETS,
+            )?
             .build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(SysTap { inner: recorder })?;
@@ -444,6 +531,11 @@ pub fn install(prometheus: bool) -> anyhow::Result<Option<PrometheusHandle>> {
         metrics::counter!(DEAD_LETTERS, "reason" => r.label()).absolute(0);
     }
     metrics::counter!(DEAD_LETTERS_SHED).absolute(0);
+    metrics::counter!(PUBLISHER_PAUSES).absolute(0);
+    metrics::counter!(CONNECTIONS_REFUSED, "reason" => "rate").absolute(0);
+    for limit in CLIENT_LIMITS {
+        metrics::counter!(CLIENT_LIMITS_EXCEEDED, "limit" => *limit).absolute(0);
+    }
     metrics::counter!(CONNECTIONS_ACCEPTED).absolute(0);
     metrics::gauge!(CONNECTIONS).increment(0.0);
     Ok(handle)

@@ -66,6 +66,17 @@ pub fn sample(broker: &Broker, depths: bool) -> Snapshot {
     metrics::gauge!(m::QUEUED_MESSAGES).set(snap.queued as f64);
     metrics::gauge!(m::QUEUED_BYTES).set(snap.queued_bytes as f64);
     metrics::gauge!(m::INFLIGHT_MESSAGES).set(snap.inflight as f64);
+    let dead_letters = broker
+        .sessions
+        .get(&broker.config.dead_letter.client_id)
+        .map(|s| s.gauges())
+        .unwrap_or_default();
+    metrics::gauge!(m::DEAD_LETTER_QUEUED)
+        .set((dead_letters.queued + dead_letters.inflight) as f64);
+    metrics::gauge!(m::DEAD_LETTER_QUEUED_BYTES).set(dead_letters.queued_bytes as f64);
+    let budget = &broker.guards.queue_budget;
+    metrics::gauge!(m::QUEUE_BUDGET_USED).set(budget.used() as f64);
+    metrics::gauge!(m::QUEUE_BUDGET_LIMIT).set(budget.limit() as f64);
 
     let store = broker.store.stats();
     metrics::counter!(m::STORE_APPENDS).absolute(store.appends);

@@ -43,6 +43,13 @@ impl Reader {
         Ok(self.0.get_u32())
     }
 
+    pub fn u64(&mut self) -> Result<u64, BlobError> {
+        if self.0.remaining() < 8 {
+            return Err(BlobError("u64"));
+        }
+        Ok(self.0.get_u64())
+    }
+
     pub fn string(&mut self) -> Result<String, BlobError> {
         let len = usize::from(self.u16()?);
         if self.0.remaining() < len {

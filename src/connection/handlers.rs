@@ -145,6 +145,8 @@ impl Connection {
         metric::hot().received(p.qos, p.payload.len());
         if let Some(alias) = p.topic_alias.take() {
             if alias == 0 || alias > limits.topic_alias_maximum {
+                metrics::counter!(metric::CLIENT_LIMITS_EXCEEDED, "limit" => "topic_alias")
+                    .increment(1);
                 return PublishNext::Done(Some(Exit::Refused {
                     code: reason::TOPIC_ALIAS_INVALID,
                     why: format!(
@@ -157,10 +159,12 @@ impl Connection {
                 match self.aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
                     None => {
+                        metrics::counter!(metric::CLIENT_LIMITS_EXCEEDED, "limit" => "topic_alias")
+                            .increment(1);
                         return PublishNext::Done(Some(Exit::Refused {
                             code: reason::PROTOCOL_ERROR,
                             why: format!("topic alias {alias} was never set (MQTT 5 §3.3.2.3.4)"),
-                        }))
+                        }));
                     }
                 }
             } else {
@@ -184,6 +188,8 @@ impl Connection {
             // Checked before the id is remembered, so a refused message's resend is
             // routed rather than mistaken for a duplicate.
             if self.session.inbound_qos2_count() >= usize::from(limits.receive_maximum) {
+                metrics::counter!(metric::CLIENT_LIMITS_EXCEEDED, "limit" => "receive_maximum")
+                    .increment(1);
                 return PublishNext::Done(Some(Exit::Refused {
                     code: reason::RECEIVE_MAXIMUM_EXCEEDED,
                     why: format!(
@@ -365,6 +371,8 @@ impl Connection {
             let existing = self.session.has_subscription(&f.filter);
             if !existing && self.session.subscription_count() >= limits.max_subscriptions_per_client
             {
+                metrics::counter!(metric::CLIENT_LIMITS_EXCEEDED, "limit" => "subscriptions")
+                    .increment(1);
                 warn!(filter = %f.filter, "subscription refused: max_subscriptions_per_client");
                 reasons.push(reason::QUOTA_EXCEEDED);
                 continue;
@@ -406,6 +414,10 @@ impl Connection {
         // A granted subscription of a persistent session survives a restart.
         if let Some(exit) = self.persist_session(broker).await {
             return Some(exit);
+        }
+        // In a cluster, the SUBACK waits until NATS routes the new filters here.
+        if let Some(cluster) = broker.cluster() {
+            Box::pin(cluster.sync()).await;
         }
         let ack = Packet::SubAck(SubAck {
             packet_id: s.packet_id,

@@ -143,6 +143,7 @@ impl Connection {
         connect: Box<Connect>,
         broker: &Arc<Broker>,
         info: &ConnInfo,
+        imported: Option<crate::session::persist::PersistedSession>,
     ) -> Result<Connection, Refusal> {
         let cfg = &broker.config;
         let limits = &cfg.limits;
@@ -274,7 +275,7 @@ impl Connection {
         let conn_id = next_connection_id();
         let (kick_tx, kick_rx) = oneshot::channel();
         let client_id: Arc<str> = Arc::from(client_id);
-        let (session, present, records, discarded) = attach_session(
+        let (session, mut present, mut records, discarded) = attach_session(
             broker,
             &client_id,
             clean_start,
@@ -283,6 +284,23 @@ impl Connection {
             kick_tx,
             link,
         );
+        if let Some(state) = imported.filter(|_| !present && !clean_start) {
+            // The session another node handed over: its subscriptions continue here and
+            // its queued messages follow through this node's inbox.
+            for (filter, record) in state.subscriptions {
+                if broker
+                    .router
+                    .subscribe(&session, &filter, record.options, record.identifier)
+                    .is_ok()
+                {
+                    session.add_subscription(&filter, record);
+                }
+            }
+            if session.is_persistent() {
+                records.push(session_record(&session));
+            }
+            present = true;
+        }
 
         if v.is_v5() {
             props.receive_maximum = Some(limits.receive_maximum);

@@ -77,17 +77,17 @@ pub(super) fn session_record(session: &Session) -> Record {
 }
 
 /// A session that ended: its store record and what it still held.
-pub(super) struct Discarded {
+pub(crate) struct Discarded {
     session: Arc<Session>,
     /// SessionRemove, if the store knew the session.
     record: Option<Record>,
     /// QoS ≥ 1 messages still queued or inflight: `session_expired` dead letters.
-    left: Vec<Delivery>,
+    pub(crate) left: Vec<Delivery>,
 }
 
 /// Ends a session: its subscriptions leave the router; the caller writes the record
 /// and dead-letters what was left with [`finish_discard`].
-pub(super) fn discard_session(broker: &Broker, session: &Arc<Session>) -> Discarded {
+pub(crate) fn discard_session(broker: &Broker, session: &Arc<Session>) -> Discarded {
     let mut left = session.end();
     left.retain(|d| d.qos != QoS::AtMostOnce);
     broker.router.remove_session(session);
@@ -124,6 +124,13 @@ pub(super) async fn finish_discard(broker: &Broker, discarded: Vec<Discarded>) {
                 .await;
         }
     }
+}
+
+/// Ends a session another node took over or replaced: its record, then dead letters
+/// for whatever it still holds in `left`.
+pub(crate) async fn finish_discard_now(broker: &Broker, discarded: Discarded) {
+    append_records(broker, discarded.record.iter().cloned().collect()).await;
+    finish_discard(broker, vec![discarded]).await;
 }
 
 /// Writes records nobody waits for; a failure is logged (the store logs its own cause).

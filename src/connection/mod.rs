@@ -46,6 +46,7 @@ mod lifecycle;
 mod writer;
 
 pub use lifecycle::schedule_expiry;
+pub(crate) use lifecycle::{discard_session, finish_discard_now};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -229,18 +230,32 @@ where
     let connect = read_connect(&mut rd, &mut buf, broker).await;
     drop(pending);
     let refusal = match connect {
-        Ok(connect) => match Connection::handshake(connect, broker, info) {
-            Ok(conn) => {
-                tracing::Span::current().record("client_id", &*conn.session.client_id);
-                // On the heap: the connection's future then holds a pointer to it.
-                return Some((Box::new(conn), rd, wr, buf));
+        Ok(connect) => {
+            // In a cluster, a session owned by another node comes here first (its client
+            // there is disconnected with 0x8E) [MQTT-3.1.4-3].
+            let imported = match broker.cluster() {
+                Some(cluster)
+                    if !connect.client_id.is_empty()
+                        && !broker.is_dead_letter_session(&connect.client_id) =>
+                {
+                    Box::pin(cluster.claim(&connect.client_id, connect.clean_start)).await
+                }
+                _ => None,
+            };
+            match Connection::handshake(connect, broker, info, imported) {
+                Ok(conn) => {
+                    tracing::Span::current().record("client_id", &*conn.session.client_id);
+                    // On the heap: the connection's future then holds a pointer to it.
+                    return Some((Box::new(conn), rd, wr, buf));
+                }
+                Err(refusal) => {
+                    metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "connect")
+                        .increment(1);
+                    let (connack, version, why) = *refusal;
+                    (Box::new(connack), version, why)
+                }
             }
-            Err(refusal) => {
-                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "connect").increment(1);
-                let (connack, version, why) = *refusal;
-                (Box::new(connack), version, why)
-            }
-        },
+        }
         Err(ConnectFailure::Answer {
             connack,
             version,
@@ -471,6 +486,7 @@ impl Connection {
         // A quiet connection (its last read was small) frees its read buffer while it
         // waits; a busy one keeps it.
         let mut quiet = true;
+        let mut gate = crate::limits::ReadGate::new(&broker.config.limits);
         loop {
             // Packets already read, as long as their answers have room.
             loop {
@@ -487,6 +503,9 @@ impl Connection {
                 let exit = match self.next_packet(buf, max_packet, broker, ob) {
                     Ok(Some(next)) => {
                         deadline = Instant::now() + grace;
+                        if !matches!(next, PublishNext::Other(_)) {
+                            gate.saw_publish();
+                        }
                         match next {
                             PublishNext::Done(exit) => exit,
                             PublishNext::Route(r) => self.route(r, broker, ob).await,
@@ -509,10 +528,19 @@ impl Connection {
                 self.fill(ob, broker).await;
             }
             ob.release_if_idle();
-            let may_read = ob.has_room();
+            // Resource limits (src/limits.rs): the queue budget pauses publishers, the
+            // inbound byte rate throttles fast senders. A paused connection stops reading
+            // but still writes (its deliveries and acks drain queues); the broker paused,
+            // not the client, so the pause does not count against its keepalive.
+            let budget = &broker.guards.queue_budget;
+            let gated = gate.must_wait(budget);
+            let paused = gated.then(Instant::now);
+            let may_read = ob.has_room() && !gated;
             let may_write = !ob.out.is_empty();
             let waits_for_store = ob.waits_for_store();
             let wants_deliveries = ob.wants_deliveries();
+            // Boxed when it runs: only a waiting connection pays for the wait's state.
+            let ungated = async { Box::pin(gate.wait(budget)).await };
             let keepalive = async {
                 if grace.is_zero() {
                     std::future::pending::<()>().await
@@ -526,7 +554,12 @@ impl Connection {
                 biased;
                 _ = broker.shutdown.cancelled() => return Exit::Shutdown,
                 _ = &mut self.kick => return Exit::TakenOver,
-                _ = keepalive => return Exit::KeepAlive,
+                _ = keepalive, if !gated => return Exit::KeepAlive,
+                _ = ungated, if gated => {
+                    if let Some(paused) = paused {
+                        deadline += paused.elapsed();
+                    }
+                }
                 result = front_ticket(&mut ob.acks), if waits_for_store => {
                     if let Err(exit) = ob.ticket_done(result, &self.session) {
                         return exit;
@@ -543,7 +576,10 @@ impl Connection {
                 _ = self.session.notified(), if wants_deliveries => ob.notified(),
                 read = read, if may_read => match read {
                     Ok(0) => return Exit::Lost("peer closed the connection".into()),
-                    Ok(n) => quiet = n < SMALL_READ,
+                    Ok(n) => {
+                        quiet = n < SMALL_READ;
+                        gate.consumed(n);
+                    }
                     Err(e) => return Exit::Lost(e.to_string()),
                 },
             }

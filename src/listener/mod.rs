@@ -1,7 +1,7 @@
 //! Accepting sockets. Owns the listening sockets and each TLS listener's acceptor; hands
 //! every accepted stream to its own connection task at once, so nothing slow (a TLS
-//! handshake, a CONNECT) ever runs in the accept loop. The connection limit is enforced
-//! here, before any per-connection state exists.
+//! handshake, a CONNECT) ever runs in the accept loop. The connection limit and the
+//! per-address connection rate are enforced here, before any per-connection state exists.
 
 pub mod tls;
 
@@ -67,6 +67,14 @@ pub async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, broker: A
                 continue;
             }
         };
+        // Before anything is allocated for it: a source over its connection rate is
+        // closed at once.
+        if !broker.guards.connect_rate.admit(peer.ip()) {
+            metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "rate").increment(1);
+            broker.guards.connect_rate.log_refusal(peer);
+            drop(stream);
+            continue;
+        }
         let Ok(permit) = Arc::clone(&broker.connection_permits).try_acquire_owned() else {
             metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "limit").increment(1);
             tracing::warn!(%peer, "connection refused: max_connections reached");

@@ -30,6 +30,25 @@ struct Entry {
     session: Arc<Session>,
     options: SubscriptionOptions,
     identifier: Option<u32>,
+    /// Counted as durable interest (persistent session, QoS ≥ 1) when it was made.
+    durable: bool,
+}
+
+/// A change in this node's interest: the set of distinct filters (plain or
+/// `$share/group/filter`) some session holds, each marked durable when at least one
+/// of its subscribers is a persistent session at QoS ≥ 1. The cluster mirrors it on
+/// NATS; nothing else listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterestChange {
+    Upsert { filter: Arc<str>, durable: bool },
+    Removed { filter: Arc<str> },
+}
+
+/// Sessions holding one filter, and how many of them durably.
+#[derive(Debug, Default, Clone, Copy)]
+struct FilterInterest {
+    sessions: usize,
+    durable: usize,
 }
 
 /// Shared subscriptions are keyed by the whole `$share/group/filter` string and the
@@ -44,6 +63,15 @@ pub struct Router {
     /// Rotates the tie-break among equally loaded shared-group members.
     round_robin: AtomicUsize,
     max_topic_levels: usize,
+    /// Whether `interest` is kept (cluster mode only: it costs a map entry per filter).
+    track_interest: bool,
+    /// A session whose subscriptions are not interest (the node's own dead-letter
+    /// session: each node collects its own dead letters).
+    untracked_client: Option<Arc<str>>,
+    /// Per distinct filter, who holds it (for the cluster's interest).
+    interest: parking_lot::Mutex<HashMap<Arc<str>, FilterInterest>>,
+    /// Where interest changes go, once a cluster listens.
+    interest_observer: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<InterestChange>>,
 }
 
 impl Router {
@@ -54,6 +82,79 @@ impl Router {
             retained: RwLock::new(retained::RetainedStore::default()),
             round_robin: AtomicUsize::new(0),
             max_topic_levels,
+            track_interest: false,
+            untracked_client: None,
+            interest: parking_lot::Mutex::new(HashMap::new()),
+            interest_observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A router that keeps the per-filter interest a cluster node announces (set before
+    /// any subscription is restored, so none is missed).
+    pub fn tracking_interest(mut self, except_client: Option<&str>) -> Router {
+        self.track_interest = true;
+        self.untracked_client = except_client.map(Arc::from);
+        self
+    }
+
+    /// Starts sending [`InterestChange`]s to `tx`; returns the interest as it stands,
+    /// taken under the same lock, so no change falls between the snapshot and the feed.
+    pub fn observe_interest(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<InterestChange>,
+    ) -> Vec<(Arc<str>, bool)> {
+        let interest = self.interest.lock();
+        let _ = self.interest_observer.set(tx);
+        interest
+            .iter()
+            .map(|(f, i)| (Arc::clone(f), i.durable > 0))
+            .collect()
+    }
+
+    fn interest_changed(
+        &self,
+        client_id: &str,
+        filter: &str,
+        added: Option<bool>,
+        removed: Option<bool>,
+    ) {
+        if !self.track_interest || self.untracked_client.as_deref() == Some(client_id) {
+            return;
+        }
+        let mut interest = self.interest.lock();
+        let (before, after, key) = {
+            let key = match interest.get_key_value(filter) {
+                Some((k, _)) => Arc::clone(k),
+                None => Arc::from(filter),
+            };
+            let entry = interest.entry(Arc::clone(&key)).or_default();
+            let before = (entry.sessions > 0, entry.durable > 0);
+            if let Some(d) = removed {
+                entry.sessions = entry.sessions.saturating_sub(1);
+                entry.durable = entry.durable.saturating_sub(usize::from(d));
+            }
+            if let Some(d) = added {
+                entry.sessions += 1;
+                entry.durable += usize::from(d);
+            }
+            (before, (entry.sessions > 0, entry.durable > 0), key)
+        };
+        if !after.0 {
+            interest.remove(&key);
+        }
+        if before == after {
+            return;
+        }
+        if let Some(tx) = self.interest_observer.get() {
+            let change = if after.0 {
+                InterestChange::Upsert {
+                    filter: key,
+                    durable: after.1,
+                }
+            } else {
+                InterestChange::Removed { filter: key }
+            };
+            let _ = tx.send(change);
         }
     }
 
@@ -70,35 +171,51 @@ impl Router {
         options: SubscriptionOptions,
         identifier: Option<u32>,
     ) -> Result<bool, TopicError> {
+        let durable = session.is_persistent() && options.qos != crate::protocol::QoS::AtMostOnce;
         let entry = Entry {
             session: Arc::clone(session),
             options,
             identifier,
+            durable,
         };
-        match topic::parse_filter(filter, self.max_topic_levels)? {
+        let (shared, old) = match topic::parse_filter(filter, self.max_topic_levels)? {
             FilterKind::Plain(f) => {
-                self.plain
+                let old = self
+                    .plain
                     .write()
                     .insert(f, Arc::clone(&session.client_id), entry);
-                Ok(false)
+                (false, old)
             }
             FilterKind::Shared { filter: f, .. } => {
                 let key = (Arc::from(filter), Arc::clone(&session.client_id));
-                self.shared.write().insert(f, key, entry);
-                Ok(true)
+                (true, self.shared.write().insert(f, key, entry))
             }
-        }
+        };
+        self.interest_changed(
+            &session.client_id,
+            filter,
+            Some(durable),
+            old.map(|o| o.durable),
+        );
+        Ok(shared)
     }
 
     /// Removes one subscription; returns whether it existed.
     pub fn unsubscribe(&self, client_id: &Arc<str>, filter: &str) -> bool {
-        match topic::parse_filter(filter, self.max_topic_levels) {
-            Ok(FilterKind::Plain(f)) => self.plain.write().remove(f, client_id).is_some(),
+        let old = match topic::parse_filter(filter, self.max_topic_levels) {
+            Ok(FilterKind::Plain(f)) => self.plain.write().remove(f, client_id),
             Ok(FilterKind::Shared { filter: f, .. }) => {
                 let key = (Arc::from(filter), Arc::clone(client_id));
-                self.shared.write().remove(f, &key).is_some()
+                self.shared.write().remove(f, &key)
             }
-            Err(_) => false,
+            Err(_) => None,
+        };
+        match old {
+            Some(old) => {
+                self.interest_changed(client_id, filter, None, Some(old.durable));
+                true
+            }
+            None => false,
         }
     }
 
@@ -118,6 +235,17 @@ impl Router {
     /// subscription identifier), and each shared group contributes one member. Nothing
     /// is queued yet: the caller makes the message durable first, then queues it.
     pub fn route(&self, message: &Arc<Message>) -> Vec<(Arc<Session>, Delivery)> {
+        self.route_with(message, &mut |_| true)
+    }
+
+    /// [`Router::route`], asking `share_here` for each shared group (by its
+    /// `$share/group/filter` string) that matched whether a member on this node takes
+    /// the message: in a cluster, another node's member may be the one chosen.
+    pub fn route_with(
+        &self,
+        message: &Arc<Message>,
+        share_here: &mut dyn FnMut(&str) -> bool,
+    ) -> Vec<(Arc<Session>, Delivery)> {
         let mut targets: Vec<(Arc<Session>, Delivery)> = Vec::new();
         // Overlapping subscriptions of one session are found by a linear scan while the
         // target list is short (the common case: no allocation per message), and by an
@@ -186,7 +314,10 @@ impl Router {
                     .push(entry.clone());
             });
         }
-        for members in groups.values() {
+        for (share, members) in &groups {
+            if !share_here(share) {
+                continue;
+            }
             if let Some(member) = self.pick_member(members) {
                 add(member, false);
             }
@@ -227,6 +358,11 @@ impl Router {
         }
     }
 
+    /// Removes the retained message on `topic` (another node cleared it).
+    pub fn clear_retained(&self, topic: &str) {
+        self.retained.write().remove(topic);
+    }
+
     /// Retained messages whose topic matches `filter` (a plain filter).
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         self.retained.read().matching(filter)
@@ -259,6 +395,7 @@ mod tests {
                 queue_qos0_offline: false,
                 drop_newest: false,
                 max_delivery_attempts: 0,
+                budget: crate::limits::QueueBudget::unlimited(),
             },
         ))
     }
@@ -311,5 +448,67 @@ mod tests {
             ids.sort_unstable();
             assert_eq!(ids, vec![1, 2]);
         }
+    }
+
+    /// The interest a cluster node announces changes only when a filter appears, turns
+    /// durable or not, or disappears, whoever holds it.
+    #[test]
+    fn interest_changes_are_reported_once_per_transition() {
+        let router = Router::new(64).tracking_interest(Some("dlq"));
+        let persistent = session("p");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let snapshot = router.observe_interest(tx);
+        assert!(snapshot.is_empty());
+        let qos = |qos| SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        let f: Arc<str> = Arc::from("a/#");
+        router
+            .subscribe(&persistent, "a/#", qos(QoS::AtMostOnce), None)
+            .expect("valid");
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Upsert {
+                filter: Arc::clone(&f),
+                durable: false
+            })
+        );
+        let other = session("q");
+        router
+            .subscribe(&other, "a/#", qos(QoS::AtMostOnce), None)
+            .expect("valid");
+        assert!(rx.try_recv().is_err(), "a second holder changes nothing");
+        router
+            .subscribe(&persistent, "a/#", qos(QoS::AtLeastOnce), None)
+            .expect("valid");
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Upsert {
+                filter: Arc::clone(&f),
+                durable: true
+            })
+        );
+        assert!(router.unsubscribe(&persistent.client_id, "a/#"));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Upsert {
+                filter: Arc::clone(&f),
+                durable: false
+            })
+        );
+        assert!(router.unsubscribe(&other.client_id, "a/#"));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(InterestChange::Removed { filter: f })
+        );
+        assert!(rx.try_recv().is_err());
+        router
+            .subscribe(&session("dlq"), "$DLQ/#", qos(QoS::AtLeastOnce), None)
+            .expect("valid");
+        assert!(
+            rx.try_recv().is_err(),
+            "the dead-letter session is not interest"
+        );
     }
 }

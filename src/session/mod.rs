@@ -6,6 +6,11 @@
 //! PUBREL. The connection that currently owns the session drains the queue through
 //! [`Session::take_deliveries`]; the router fills it through [`Session::enqueue`].
 //!
+//! Memory: what a session holds (queue and inflight) is charged to the broker-wide
+//! [`QueueBudget`]; every method that changes it settles the difference before it returns
+//! (and `Drop` releases the rest), so the budget's total is always the sum of the
+//! sessions' shares.
+//!
 //! Locking: the state sits behind a synchronous `parking_lot::Mutex` because every
 //! critical section is short and none spans an `.await`. Lock order is session → router:
 //! the router never takes a session lock while holding its own.
@@ -13,6 +18,7 @@
 pub mod persist;
 
 use crate::dead_letter::DeadLetterReason;
+use crate::limits::{QueueBudget, ENTRY_OVERHEAD};
 use crate::message::{now_ms, Message};
 use crate::protocol::{QoS, SubscriptionOptions};
 use dashmap::DashMap;
@@ -112,6 +118,8 @@ pub struct QueueLimits {
     pub drop_newest: bool,
     /// Sends without a PUBACK after which a message is given up (0: never).
     pub max_delivery_attempts: u32,
+    /// The broker-wide budget this session's queue and inflight bytes are charged to.
+    pub budget: Arc<QueueBudget>,
 }
 
 #[derive(Debug)]
@@ -124,6 +132,10 @@ struct SessionState {
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
     inflight: VecDeque<Inflight>,
+    /// Message cost (topic + payload) of the inflight entries.
+    inflight_bytes: usize,
+    /// What this session has charged to the queue budget, as of the last settle.
+    charged: usize,
     /// Inflight entries to send again (with DUP) before anything new, after a reconnect.
     resend: bool,
     next_packet_id: u16,
@@ -164,6 +176,8 @@ impl Session {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 inflight: VecDeque::new(),
+                inflight_bytes: 0,
+                charged: 0,
                 resend: false,
                 next_packet_id: 1,
                 awaiting_rel: HashSet::new(),
@@ -254,6 +268,7 @@ impl Session {
                 st.queued_bytes = st.queue.iter().map(|d| d.message.cost()).sum();
             }
         }
+        self.settle(&mut st);
         Some(st.generation)
     }
 
@@ -282,8 +297,10 @@ impl Session {
         let mut st = self.state.lock();
         st.ended = true;
         st.queued_bytes = 0;
+        st.inflight_bytes = 0;
         let mut left: Vec<Delivery> = st.inflight.drain(..).map(|i| i.delivery).collect();
         left.extend(st.queue.drain(..));
+        self.settle(&mut st);
         left
     }
 
@@ -357,6 +374,7 @@ impl Session {
         st.queued_bytes += cost;
         st.queue.push_back(delivery);
         out.queued = true;
+        self.settle(&mut st);
         let online = st.owner.is_some();
         drop(st);
         if online {
@@ -372,6 +390,7 @@ impl Session {
             st.queued_bytes += d.message.cost();
             st.queue.push_back(d);
         }
+        self.settle(&mut st);
     }
 
     /// Waits until the writer may have something to send.
@@ -408,6 +427,7 @@ impl Session {
                 let entry = &st.inflight[i];
                 if entry.stage == Stage::Published && exhausted(&entry.delivery) {
                     if let Some(e) = st.inflight.remove(i) {
+                        st.inflight_bytes -= e.delivery.message.cost();
                         dropped.push((e.delivery, Some(DeadLetterReason::MaxAttempts)));
                     }
                     continue;
@@ -471,6 +491,7 @@ impl Session {
             }
             let packet_id = next_free_packet_id(&mut st);
             delivery.attempts += 1;
+            st.inflight_bytes += delivery.message.cost();
             st.inflight.push_back(Inflight {
                 packet_id,
                 delivery: delivery.clone(),
@@ -482,6 +503,7 @@ impl Session {
                 dup: false,
             });
         }
+        self.settle(&mut st);
     }
 
     /// PUBACK from the subscriber: the QoS 1 message is done.
@@ -524,6 +546,8 @@ impl Session {
             .iter()
             .position(|e| e.packet_id == packet_id && e.delivery.qos == qos && stage_ok(e.stage))?;
         let entry = st.inflight.remove(pos)?;
+        st.inflight_bytes -= entry.delivery.message.cost();
+        self.settle(&mut st);
         drop(st);
         // A window slot opened.
         self.notify.notify_one();
@@ -577,6 +601,31 @@ impl Session {
             queued_bytes: st.queued_bytes,
             inflight: st.inflight.len(),
         }
+    }
+}
+
+impl Session {
+    /// Charges (or releases) the queue budget for what the session holds now: the cost
+    /// of its queued and inflight messages plus [`ENTRY_OVERHEAD`] per entry. Called
+    /// under the state lock by every method that changes them.
+    fn settle(&self, st: &mut SessionState) {
+        let held = st.queued_bytes
+            + st.inflight_bytes
+            + (st.queue.len() + st.inflight.len()) * ENTRY_OVERHEAD;
+        if held != st.charged {
+            self.limits.budget.adjust(st.charged, held);
+            st.charged = held;
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped without `end` (replaced, or the broker stopping) still gives its
+    /// share of the queue budget back.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        self.limits.budget.adjust(st.charged, 0);
+        st.charged = 0;
     }
 }
 
@@ -673,6 +722,10 @@ mod tests {
     }
 
     fn session(max_messages: usize) -> Session {
+        session_on(max_messages, QueueBudget::unlimited())
+    }
+
+    fn session_on(max_messages: usize, budget: Arc<QueueBudget>) -> Session {
         Session::new(
             Arc::from("c"),
             EXPIRY_NEVER,
@@ -682,8 +735,110 @@ mod tests {
                 queue_qos0_offline: false,
                 drop_newest: false,
                 max_delivery_attempts: 3,
+                budget,
             },
         )
+    }
+
+    impl Session {
+        /// What the session holds, counted from scratch.
+        fn held_from_scratch(&self) -> usize {
+            let st = self.state.lock();
+            let queued: usize = st.queue.iter().map(|d| d.message.cost()).sum();
+            let inflight: usize = st.inflight.iter().map(|e| e.delivery.message.cost()).sum();
+            queued + inflight + (st.queue.len() + st.inflight.len()) * ENTRY_OVERHEAD
+        }
+    }
+
+    /// Every path that adds or removes a message keeps the broker-wide budget equal to
+    /// the sum of what the sessions hold: enqueue, eviction, QoS 0 leaving on detach,
+    /// send (QoS 0 leaves, QoS 1/2 stay inflight), PUBACK, PUBREC + PUBCOMP, expiry,
+    /// poison messages, takeover with resend, end, and dropping a session.
+    #[test]
+    fn budget_equals_the_sum_of_what_sessions_hold() {
+        let budget = Arc::new(QueueBudget::new(usize::MAX));
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut sessions: Vec<Session> =
+            (0..4).map(|_| session_on(8, Arc::clone(&budget))).collect();
+        let mut conn = [0u64; 4];
+        let mut next_conn = 1u64;
+        let mut id = 0u64;
+        for step in 0..20_000 {
+            let i = next(4) as usize;
+            let s = &sessions[i];
+            match next(10) {
+                0..=2 => {
+                    id += 1;
+                    let qos =
+                        [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][next(3) as usize];
+                    let mut d = delivery(id, qos);
+                    if next(8) == 0 {
+                        d.message = Arc::new(Message {
+                            expires_at_ms: Some(1),
+                            ..Message::clone_fields(&d.message)
+                        });
+                    }
+                    // Evicted deliveries leave the session: they are the caller's now.
+                    drop(s.enqueue(d));
+                }
+                3 => {
+                    if conn[i] == 0 || next(2) == 0 {
+                        let (tx, _rx) = oneshot::channel();
+                        conn[i] = next_conn;
+                        next_conn += 1;
+                        s.attach(conn[i], tx, link(1 + next(5) as u16), EXPIRY_NEVER);
+                    } else {
+                        s.detach(conn[i], None);
+                        conn[i] = 0;
+                    }
+                }
+                4 | 5 => {
+                    let mut out = Vec::new();
+                    let mut dropped = Vec::new();
+                    let max = 1 + next(4) as usize;
+                    let readable = next(20) != 0;
+                    s.take_deliveries(conn[i], max, &mut out, &mut dropped, |_| 10, |_| readable);
+                }
+                6 | 7 => {
+                    let pid = 1 + next(12) as u16;
+                    if s.puback(pid).is_none() && s.pubrec(pid) {
+                        s.pubcomp(pid);
+                    }
+                }
+                8 => {
+                    if next(50) == 0 {
+                        drop(s.end());
+                    }
+                }
+                _ => {
+                    if next(200) == 0 {
+                        sessions[i] = session_on(8, Arc::clone(&budget));
+                        conn[i] = 0;
+                    }
+                }
+            }
+            let sum: usize = sessions.iter().map(|s| s.held_from_scratch()).sum();
+            assert_eq!(budget.used(), sum, "after step {step}");
+        }
+        let held: usize = sessions.iter().map(|s| s.held_from_scratch()).sum();
+        assert!(held > 0, "the walk should leave something held");
+        for s in &sessions {
+            drop(s.end());
+        }
+        assert_eq!(budget.used(), 0, "ended sessions hold nothing");
+        sessions[0].enqueue(delivery(1, QoS::AtLeastOnce));
+        let alive = session_on(8, Arc::clone(&budget));
+        alive.restore([delivery(2, QoS::AtLeastOnce)]);
+        assert!(budget.used() > 0);
+        drop(alive);
+        drop(sessions);
+        assert_eq!(budget.used(), 0, "a dropped session gives its share back");
     }
 
     fn link(window: u16) -> LinkLimits {

@@ -2,7 +2,7 @@
 //! one copy that counts lives.
 //!
 //! Owns: message id → location and remaining references (queued entries + retained
-//! topics); session → queue (in message-id order) with attempt counts; session → latest
+//! topics; an entry lives while something refers to it); session → queue (in message-id order) with attempt counts; session → latest
 //! Session record; retained topic → message id; unreleased QoS 2 packet ids; live bytes
 //! per segment. Built by recovery (replaying the log through [`Index::apply`]) and then
 //! owned by the writer thread, which applies every record it writes through the *same*
@@ -289,7 +289,23 @@ impl Index {
             }
             if m.refs() == 0 {
                 self.live.sub(m.loc);
+                self.forget_message(message_id);
             }
+        }
+    }
+
+    /// A message nothing refers to any more is dead for good (a later Enqueue or Retain
+    /// only ever names a message in its own commit): its entry goes now, not when its
+    /// segment is compacted. Otherwise the index holds an entry (and its subscribers'
+    /// names) for every message written since the oldest segment, acked or not: with
+    /// 64 MiB segments of small messages, over a hundred MiB that nothing needs.
+    fn forget_message(&mut self, message_id: u64) {
+        self.messages.remove(&message_id);
+        // After a burst, give the table's memory back (amortised: it halves at most
+        // once per halving of its length).
+        let (len, cap) = (self.messages.len(), self.messages.capacity());
+        if cap > 4096 && len < cap / 4 {
+            self.messages.shrink_to(len * 2);
         }
     }
 
@@ -300,6 +316,7 @@ impl Index {
             }
             if m.refs() == 0 {
                 self.live.sub(m.loc);
+                self.forget_message(message_id);
             }
         }
     }
@@ -443,5 +460,76 @@ impl Index {
         self.qos2
             .iter()
             .map(|(s, p)| (s, p.keys().copied().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredMessage;
+    use std::sync::Arc;
+
+    fn message(id: u64) -> Record {
+        Record::Message(Arc::new(StoredMessage {
+            id,
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"p"),
+            qos: 1,
+            retain: false,
+            properties: bytes::Bytes::new(),
+            publisher: "pub".into(),
+            received_at_ms: 0,
+            expires_at_ms: None,
+        }))
+    }
+
+    /// The index holds what is live, not what was written: 100,000 messages queued and
+    /// acked (or retained and replaced) in one segment leave no entries behind, long
+    /// before that segment is compacted. (They used to stay until then: the soak's RSS
+    /// grew with every message written.)
+    #[test]
+    fn acked_and_unretained_messages_leave_the_index() {
+        let mut index = Index::default();
+        let mut off = 0;
+        let mut at = |len: u32| {
+            off += u64::from(len);
+            Loc { seg: 1, off, len }
+        };
+        for id in 1..=100_000u64 {
+            index.apply(&message(id), at(40));
+            let enqueue = Record::Enqueue {
+                session: "sub".into(),
+                message_id: id,
+            };
+            index.apply(&enqueue, at(20));
+            if id % 10 == 0 {
+                let retain = Record::Retain {
+                    topic: "r".into(),
+                    message_id: id,
+                };
+                index.apply(&retain, at(20));
+            }
+            let ack = Record::Ack {
+                session: "sub".into(),
+                message_id: id,
+            };
+            index.apply(&ack, at(20));
+        }
+        assert_eq!(index.messages.len(), 1, "only the retained one is left");
+        assert!(index.messages.capacity() < 8192, "the table shrank back");
+        assert_eq!(
+            index.live_bytes(),
+            40 + 20,
+            "the retained message and its Retain"
+        );
+        // A message still queued stays, with its live bytes.
+        index.apply(&message(200_000), at(40));
+        let enqueue = Record::Enqueue {
+            session: "sub".into(),
+            message_id: 200_000,
+        };
+        index.apply(&enqueue, at(20));
+        assert_eq!(index.messages.len(), 2);
+        assert_eq!(index.live_bytes(), 2 * (40 + 20));
     }
 }

@@ -181,6 +181,13 @@ pub struct RecoveredEntry {
 pub struct CommitTicket(oneshot::Receiver<Result<(), StoreError>>);
 
 impl CommitTicket {
+    /// A ticket resolved by someone other than the store (a cluster node's queue taking
+    /// the message), so a PUBACK can wait on it like on a commit.
+    pub fn pending() -> (oneshot::Sender<Result<(), StoreError>>, CommitTicket) {
+        let (tx, rx) = oneshot::channel();
+        (tx, CommitTicket(rx))
+    }
+
     pub async fn wait(self) -> Result<(), StoreError> {
         self.0.await.unwrap_or(Err(StoreError::Closed))
     }
@@ -247,6 +254,8 @@ pub enum StoreError {
     Poisoned,
     #[error("disk full: the batch was not written")]
     DiskFull,
+    #[error("not durable on another node: {0}")]
+    Remote(String),
     #[error("store is closed")]
     Closed,
     #[error("{} is locked by another process (is another sluice using this data dir?)", path.display())]

@@ -576,6 +576,7 @@ fn clone_err(e: &StoreError) -> StoreError {
         StoreError::DiskFull => StoreError::DiskFull,
         StoreError::Closed => StoreError::Closed,
         StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
+        StoreError::Remote(s) => StoreError::Remote(s.clone()),
         StoreError::Corrupt { path, offset, why } => StoreError::Corrupt {
             path: path.clone(),
             offset: *offset,

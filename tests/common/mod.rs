@@ -25,6 +25,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Broker {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The Prometheus endpoint (`metrics=` in the ready line), when metrics are on.
+    metrics: Option<SocketAddr>,
     dir: tempfile::TempDir,
     stderr_path: PathBuf,
     extra: Vec<String>,
@@ -54,6 +56,7 @@ impl Broker {
         let mut broker = Broker {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
             dir,
             stderr_path,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -106,7 +109,13 @@ impl Broker {
         self.launches += 1;
         match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) => match parse_ready_line(&line) {
-                Some(addr) => self.addr = addr,
+                Some(addr) => {
+                    self.addr = addr;
+                    self.metrics = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("metrics="))
+                        .and_then(|a| a.parse().ok());
+                }
                 None => panic!(
                     "unexpected first stdout line {line:?}\n--- sluice stderr ---\n{}",
                     self.stderr_tail()
@@ -150,6 +159,29 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// GET /metrics (bounded to 5 s); panics when metrics are off or unreachable.
+    pub fn scrape(&self) -> String {
+        use std::io::Write;
+        let addr = self.metrics.expect("metrics= in the ready line");
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect to /metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send GET");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read /metrics");
+        body
+    }
+
+    /// The value of one series (`name` or `name{labels}` exactly as exposed), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.scrape(), series).unwrap_or(0.0)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -284,6 +316,13 @@ fn read_tail(path: &Path, max: u64) -> String {
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The value of `series` in a Prometheus exposition.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `sluice ready mqtt=127.0.0.1:PORT [key=addr ...]` → the first mqtt address.
