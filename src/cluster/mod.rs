@@ -229,9 +229,12 @@ impl Plan {
         }
     }
 
-    /// Whether any other node wanted the message.
+    /// Whether any other node wanted the message (a plain subscription, or a shared
+    /// group with a member there, assigned yet or not).
     pub fn has_remote(&self) -> bool {
-        !self.remote.plain.is_empty() || !self.assignments.is_empty()
+        !self.remote.plain.is_empty()
+            || !self.assignments.is_empty()
+            || !self.remote.shared.is_empty()
     }
 }
 
@@ -1174,7 +1177,7 @@ async fn consume_inbox(cluster: Arc<Cluster>, broker: Arc<Broker>) {
                         return;
                     }
                 }
-                if let Err(e) = msg.double_ack().await {
+                if let Err(e) = msg.ack().await {
                     debug!(error = %e, "inbox ack not confirmed; the message may come again");
                 }
             });
