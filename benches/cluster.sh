@@ -394,7 +394,9 @@ stop_all
     echo "Medians over $ROUNDS round(s), ${DURATION}s each; msg/s = deliveries per second in the"
     echo "publishing window; vs single = msg/s / single-node msg/s; CPU µs/msg = NATS + sluice CPU per"
     echo "delivered message; lost = QoS 1 expected - received (summed over rounds); via JS = messages"
-    echo "the nodes put into a JetStream inbox (the PUBACK-gating path); NATS fail = failed forwards."
+    echo "the nodes put into a JetStream inbox (the PUBACK-gating path); NATS fail = failed forwards;"
+    echo "srv CPU % = NATS + sluice CPU over the run: pinned to one CPU, well under 100 means the"
+    echo "servers were not CPU-bound (or other processes on that CPU took it): read msg/s with it."
     echo
     jq -rs '
       def median: sort | if length == 0 then null
@@ -408,8 +410,8 @@ stop_all
       | ([$runs[].case] | unique) as $cases
       | ["fanin_q0", "fanin_q1", "persist_q1", "fanout_q0", "fanout_q1", "latency_cross",
          "latency_same", "latency_persist"] as $corder
-      | "| case | config | msg/s | vs single | p50 µs | p99 µs | CPU µs/msg | sent | acked | received | lost | via JS | NATS fail | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      | "| case | config | msg/s | vs single | p50 µs | p99 µs | CPU µs/msg | srv CPU % | sent | acked | received | lost | via JS | NATS fail | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ( $corder[] as $k | select($cases | index($k))
           | ([$runs[] | select(.case == $k and .config == "single") | .msgs_per_sec] | median) as $base
           | $order[] as $c | select($cfgs | index($c))
@@ -421,6 +423,7 @@ stop_all
             + " | \([$rs[].latency_us.p50 | select(. != null)] | median | fmt)"
             + " | \([$rs[].latency_us.p99 | select(. != null)] | median | fmt)"
             + " | \([$rs[] | select(.received > 0) | .servers_cpu_s * 1e6 / .received] | median | fmt)"
+            + " | \([$rs[] | select(.elapsed_s > 0) | .servers_cpu_s * 100 / .elapsed_s] | median | fmt)"
             + " | \([$rs[].sent // 0] | add) | \(if $rs[0].qos == 1 then ([$rs[].acked // 0] | add) else "-" end)"
             + " | \([$rs[].received // 0] | add)"
             + " | \(if $rs[0].qos == 1 then ([$rs[] | ((.expected // 0) - (.received // 0)) | if . > 0 then . else 0 end] | add) else "-" end)"
