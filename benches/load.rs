@@ -50,6 +50,8 @@ options:
   --duration SECS      publishing time (default 10, at most 600)
   --host 127.0.0.1     only 127.0.0.1 / localhost is accepted
   --port PORT          broker port (default 1883)
+  --sub-port PORT      subscribers connect here instead (another node of a cluster)
+  --sub-ports P1,P2    subscribers connect to these ports round-robin (default --port)
   --publishers P       fanin/persist publishers (default 10)
   --subscribers N      fanout subscribers (default 100)
   --pairs K            pairs (default 50)
@@ -116,6 +118,8 @@ struct Opts {
     payload: usize,
     duration: u64,
     port: u16,
+    /// Where subscribers connect, round-robin; empty: `port`.
+    sub_ports: Vec<u16>,
     publishers: usize,
     subscribers: usize,
     pairs: usize,
@@ -150,6 +154,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         payload: 64,
         duration: 10,
         port: 1883,
+        sub_ports: Vec::new(),
         publishers: 10,
         subscribers: 100,
         pairs: 50,
@@ -187,6 +192,13 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
                 }
             }
             "--port" => o.port = num(flag, val()?)?,
+            "--sub-port" => o.sub_ports = vec![num(flag, val()?)?],
+            "--sub-ports" => {
+                o.sub_ports = val()?
+                    .split(',')
+                    .map(|p| num(flag, p.to_string()))
+                    .collect::<Result<_, _>>()?
+            }
             "--publishers" => o.publishers = num(flag, val()?)?,
             "--subscribers" => o.subscribers = num(flag, val()?)?,
             "--pairs" => o.pairs = num(flag, val()?)?,
@@ -1091,6 +1103,11 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     let tag = std::process::id();
     // (filter, client id, clean session) per subscriber; (topic) per publisher.
     let mut subs: Vec<(String, String, bool)> = Vec::new();
+    // Subscriber i's broker: --sub-ports round-robin, else the publishers' broker.
+    let sub_addr = |i: usize| match o.sub_ports.len() {
+        0 => addr,
+        n => SocketAddr::from((Ipv4Addr::LOCALHOST, o.sub_ports[i % n])),
+    };
     let mut pubs: Vec<String> = Vec::new();
     match o.scenario {
         Scenario::Fanin => {
@@ -1130,7 +1147,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
 
     // A persistent subscriber starts from an empty session: clean it first.
     if o.scenario == Scenario::Persist {
-        match Conn::open(addr, &subs[0].1, true, KEEPALIVE).await {
+        match Conn::open(sub_addr(0), &subs[0].1, true, KEEPALIVE).await {
             Ok(c) => c.disconnect().await,
             Err(e) => errors.add(e),
         }
@@ -1141,8 +1158,8 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sub_tasks = Vec::new();
-    for (filter, id, clean) in &subs {
-        let conn = match Conn::open(addr, id, *clean, KEEPALIVE).await {
+    for (i, (filter, id, clean)) in subs.iter().enumerate() {
+        let conn = match Conn::open(sub_addr(i), id, *clean, KEEPALIVE).await {
             Ok(mut c) => match c.subscribe(filter, o.qos).await {
                 Ok(()) => c,
                 Err(e) => {
@@ -1238,7 +1255,7 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
     }
     if o.scenario == Scenario::Persist {
         // Leave no persistent session queueing behind.
-        match Conn::open(addr, &subs[0].1, true, KEEPALIVE).await {
+        match Conn::open(sub_addr(0), &subs[0].1, true, KEEPALIVE).await {
             Ok(c) => c.disconnect().await,
             Err(e) => errors.add(e),
         }

@@ -74,6 +74,11 @@ pub struct Broker {
     listeners: parking_lot::Mutex<Vec<Arc<Listener>>>,
     /// This node's cluster membership, when `[cluster] enabled`.
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// Dead letters and shed dead letters are logged at most once a second each (with
+    /// how many were not): an overflowing queue must not flood the log. Every one is
+    /// counted in the metrics.
+    dead_letter_log: crate::limits::LogEvery,
+    shed_log: crate::limits::LogEvery,
 }
 
 /// What accepting a message did.
@@ -122,6 +127,8 @@ impl Broker {
             auth: RwLock::new(Arc::new(auth)),
             listeners: parking_lot::Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
+            dead_letter_log: crate::limits::LogEvery::new(Duration::from_secs(1)),
+            shed_log: crate::limits::LogEvery::new(Duration::from_secs(1)),
             config,
             sessions: SessionRegistry::default(),
             router,
@@ -564,20 +571,26 @@ impl Broker {
                 // A dead letter is never dead-lettered again: this is the one place
                 // sluice discards, and it says so.
                 metrics::counter!(metric::DEAD_LETTERS_SHED).increment(1);
-                tracing::error!(
-                    topic = %original.topic,
-                    reason = ctx.reason.label(),
-                    "dead-letter queue full or undeliverable; dead letter shed"
-                );
+                if let Some(not_logged) = self.shed_log.ready() {
+                    tracing::error!(
+                        topic = %original.topic,
+                        reason = ctx.reason.label(),
+                        not_logged,
+                        "dead-letter queue full or undeliverable; dead letter shed"
+                    );
+                }
                 return Vec::new();
             }
             metrics::counter!(metric::DEAD_LETTERS, "reason" => ctx.reason.label()).increment(1);
-            tracing::warn!(
-                topic = %original.topic,
-                reason = ctx.reason.label(),
-                subscriber = ctx.subscriber.unwrap_or(""),
-                "message dead-lettered"
-            );
+            if let Some(not_logged) = self.dead_letter_log.ready() {
+                tracing::warn!(
+                    topic = %original.topic,
+                    reason = ctx.reason.label(),
+                    subscriber = ctx.subscriber.unwrap_or(""),
+                    not_logged,
+                    "message dead-lettered"
+                );
+            }
             let dl = Arc::new(dead_letter::build(
                 prefix,
                 self.next_message_id(),

@@ -383,11 +383,33 @@ async fn a_node_cut_off_from_nats_serves_locally_and_resyncs_when_it_returns() {
     }
     assert!(a.stderr().matches("connected to NATS").count() >= 2);
 
-    // The retained watch resumed too: a retained message set on B reaches A.
-    let mut on_b_pub = v4::connect(b.port(), "late-ret").await;
-    on_b_pub
-        .publish("late/retained", QoS::AtLeastOnce, true, "kept")
-        .await;
+    // The retained watch resumed too: a retained message set on B reaches A. (Until
+    // JetStream has elected the bucket's leader again, the publish is refused: the 3.1.1
+    // client is disconnected without PUBACK, and tries again.)
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    loop {
+        let mut on_b_pub = v4::connect(b.port(), "late-ret").await;
+        on_b_pub
+            .client
+            .publish("late/retained", QoS::AtLeastOnce, true, "kept")
+            .await
+            .expect("publish");
+        let acked = on_b_pub
+            .inbox
+            .try_wait(Duration::from_secs(5), |e| match e {
+                common::rumq::Ev::Packet(v4::Packet::PubAck(_)) => Some(true),
+                common::rumq::Ev::Closed(_) => Some(false),
+                _ => None,
+            })
+            .await;
+        if acked == Some(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retained publish never acknowledged"
+        );
+    }
     let deadline = Instant::now() + CLUSTER_WAIT;
     loop {
         let mut probe = v4::connect(a.port(), "late-probe").await;

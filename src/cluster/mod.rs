@@ -106,61 +106,78 @@ pub struct Cluster {
     moved: parking_lot::Mutex<Moved>,
 }
 
-/// Where handed-over sessions went, oldest first, bounded.
+/// Where handed-over sessions went: their filters in a trie (an inbox message finds the
+/// moved sessions it matches without a scan), oldest first, bounded.
 #[derive(Debug, Default)]
 struct Moved {
     order: std::collections::VecDeque<Arc<str>>,
-    /// Client id → (its new node, its filters with their QoS).
-    sessions: HashMap<Arc<str>, MovedSession>,
+    /// Client id → its filters, for removal.
+    sessions: HashMap<Arc<str>, Vec<String>>,
+    /// Filter → (client id → (its new node, the subscription's QoS)).
+    trie: crate::router::trie::TopicTrie<Arc<str>, (Arc<str>, QoS)>,
 }
-
-type MovedSession = (Arc<str>, Vec<(String, QoS)>);
 
 /// Handed-over sessions remembered (the oldest is forgotten past this).
 const MOVED_MAX: usize = 100_000;
 
+/// The trie path of a filter (a shared group's filter without its `$share/group/`).
+fn filter_path(filter: &str) -> Option<&str> {
+    use crate::router::topic::{parse_filter, FilterKind};
+    match parse_filter(filter, usize::MAX) {
+        Ok(FilterKind::Plain(f)) | Ok(FilterKind::Shared { filter: f, .. }) => Some(f),
+        Err(_) => None,
+    }
+}
+
 impl Moved {
     fn insert(&mut self, client_id: &str, node: &str, filters: Vec<(String, QoS)>) {
+        self.remove(client_id);
         let id: Arc<str> = Arc::from(client_id);
-        if self
-            .sessions
-            .insert(Arc::clone(&id), (Arc::from(node), filters))
-            .is_none()
-        {
-            self.order.push_back(id);
+        let node: Arc<str> = Arc::from(node);
+        let mut kept = Vec::with_capacity(filters.len());
+        for (filter, qos) in filters {
+            if let Some(path) = filter_path(&filter) {
+                self.trie
+                    .insert(path, Arc::clone(&id), (Arc::clone(&node), qos));
+                kept.push(filter);
+            }
         }
+        self.sessions.insert(Arc::clone(&id), kept);
+        self.order.push_back(id);
         while self.order.len() > MOVED_MAX {
             if let Some(old) = self.order.pop_front() {
-                self.sessions.remove(&old);
+                self.forget(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, client_id: &Arc<str>) {
+        if let Some(filters) = self.sessions.remove(client_id) {
+            for f in filters {
+                if let Some(path) = filter_path(&f) {
+                    self.trie.remove(path, client_id);
+                }
             }
         }
     }
 
     fn remove(&mut self, client_id: &str) {
-        if self.sessions.remove(client_id).is_some() {
-            self.order.retain(|c| &**c != client_id);
+        if let Some((id, _)) = self.sessions.get_key_value(client_id) {
+            let id = Arc::clone(id);
+            self.forget(&id);
+            self.order.retain(|c| *c != id);
         }
     }
 
     /// (client id, node, QoS) of every moved session `topic` matches.
     fn matching(&self, topic: &str) -> Vec<(Arc<str>, Arc<str>, QoS)> {
-        use crate::router::topic::{matches, parse_filter, FilterKind};
-        let mut out = Vec::new();
-        for (client_id, (node, filters)) in &self.sessions {
-            let qos = filters
-                .iter()
-                .filter(|(f, _)| match parse_filter(f, usize::MAX) {
-                    Ok(FilterKind::Plain(f)) | Ok(FilterKind::Shared { filter: f, .. }) => {
-                        matches(f, topic)
-                    }
-                    Err(_) => false,
-                })
-                .map(|(_, q)| *q)
-                .max();
-            if let Some(qos) = qos {
-                out.push((Arc::clone(client_id), Arc::clone(node), qos));
+        let mut out: Vec<(Arc<str>, Arc<str>, QoS)> = Vec::new();
+        self.trie.for_each_match(topic, |client, (node, qos)| {
+            match out.iter_mut().find(|(c, _, _)| c == client) {
+                Some(hit) => hit.2 = hit.2.max(*qos),
+                None => out.push((Arc::clone(client), Arc::clone(node), *qos)),
             }
-        }
+        });
         out
     }
 }
@@ -229,9 +246,12 @@ impl Plan {
         }
     }
 
-    /// Whether any other node wanted the message.
+    /// Whether any other node wanted the message (a plain subscription, or a shared
+    /// group with a member there, assigned yet or not).
     pub fn has_remote(&self) -> bool {
-        !self.remote.plain.is_empty() || !self.assignments.is_empty()
+        !self.remote.plain.is_empty()
+            || !self.assignments.is_empty()
+            || !self.remote.shared.is_empty()
     }
 }
 
@@ -1174,7 +1194,7 @@ async fn consume_inbox(cluster: Arc<Cluster>, broker: Arc<Broker>) {
                         return;
                     }
                 }
-                if let Err(e) = msg.double_ack().await {
+                if let Err(e) = msg.ack().await {
                     debug!(error = %e, "inbox ack not confirmed; the message may come again");
                 }
             });
@@ -1301,4 +1321,73 @@ async fn hand_off(
     }
     crate::connection::finish_discard_now(broker, discarded).await;
     Some(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moved_sessions_are_found_by_topic_and_forgotten() {
+        let mut m = Moved::default();
+        m.insert(
+            "dev-1",
+            "b",
+            vec![
+                ("s/+/t".into(), QoS::AtMostOnce),
+                ("s/#".into(), QoS::AtLeastOnce),
+            ],
+        );
+        m.insert(
+            "dev-2",
+            "c",
+            vec![("$share/g/s/1/t".into(), QoS::ExactlyOnce)],
+        );
+        let mut hits = m.matching("s/1/t");
+        hits.sort();
+        assert_eq!(
+            hits,
+            vec![
+                (Arc::from("dev-1"), Arc::from("b"), QoS::AtLeastOnce),
+                (Arc::from("dev-2"), Arc::from("c"), QoS::ExactlyOnce),
+            ]
+        );
+        // Moving again replaces the old entry; coming back forgets it.
+        m.insert("dev-1", "c", vec![("x".into(), QoS::AtLeastOnce)]);
+        assert_eq!(m.matching("s/1/t").len(), 1);
+        m.remove("dev-2");
+        assert!(m.matching("s/1/t").is_empty());
+        assert_eq!(
+            m.matching("x"),
+            vec![(Arc::from("dev-1"), Arc::from("c"), QoS::AtLeastOnce)]
+        );
+        assert_eq!(m.order.len(), 1);
+    }
+
+    #[test]
+    fn shared_groups_go_to_one_node_in_turn() {
+        let mut remote = RemoteInterest::default();
+        remote.set("b", "$share/g/w/#", false);
+        remote.set("c", "$share/g/w/#", true);
+        let mut picks = Vec::new();
+        for start in 0..4 {
+            let mut plan = Plan {
+                remote: remote.matches("w/1"),
+                qos: Some(QoS::AtLeastOnce),
+                start,
+                ..Plan::default()
+            };
+            assert!(plan.has_remote(), "a group elsewhere is a subscriber");
+            plan.finish();
+            assert_eq!(plan.assignments.len(), 1);
+            picks.push(plan.assignments[0].1.to_string());
+            // The durable member's node must take it before the PUBACK.
+            assert_eq!(
+                plan.durable_nodes.len(),
+                usize::from(picks.last().map(String::as_str) == Some("c"))
+            );
+        }
+        picks.sort();
+        assert_eq!(picks, vec!["b", "b", "c", "c"]);
+    }
 }
