@@ -551,6 +551,23 @@ mod tests {
                 "limits.max_client_id_len",
             ),
             ("listener = []\n", "listener"),
+            ("[cluster]\nenabled = true\n", "cluster.node"),
+            (
+                "[cluster]\nenabled = true\nnode = \"a.b\"\n",
+                "cluster.node",
+            ),
+            (
+                "[cluster]\nenabled = true\nnode = \"a\"\nsubject_prefix = \"x y\"\n",
+                "cluster.subject_prefix",
+            ),
+            (
+                "[cluster]\nenabled = true\nnode = \"a\"\nnats_urls = []\n",
+                "cluster.nats_urls",
+            ),
+            (
+                "[cluster]\nenabled = true\nnode = \"a\"\nreplicas = 7\n",
+                "cluster.replicas",
+            ),
         ];
         for (text, key) in cases {
             let cfg = Config::from_toml(text, Path::new("x.toml")).expect("parses");
