@@ -574,8 +574,10 @@ impl Cluster {
             let put = buckets
                 .sessions
                 .put(&key, Bytes::from(self.node.to_string()));
-            if let Err(e) = tokio::time::timeout(CONTROL_TIMEOUT, put).await {
-                warn!(client_id, error = %e, "session ownership not recorded");
+            match tokio::time::timeout(CONTROL_TIMEOUT, put).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(client_id, error = %e, "session ownership not recorded"),
+                Err(_) => warn!(client_id, "session ownership not recorded: timed out"),
             }
         }
         imported
@@ -599,10 +601,10 @@ impl Cluster {
         .await;
         match reply {
             Ok(Ok(reply)) => {
-                metrics::counter!(metric::CLUSTER_TAKEOVERS, "direction" => "in").increment(1);
                 if reply.payload.is_empty() {
                     return None;
                 }
+                metrics::counter!(metric::CLUSTER_TAKEOVERS, "direction" => "in").increment(1);
                 match decode_state(reply.payload.clone()) {
                     Ok(state) => {
                         info!(
