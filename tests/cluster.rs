@@ -455,3 +455,59 @@ async fn dead_letters_are_seen_from_every_node_and_kept_where_they_arose() {
     let kept = drain_a.recv().await;
     assert_eq!(kept.topic, "$DLQ/no_subscribers/nobody/home");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_taken_over_while_its_node_was_down_gets_its_queue_when_the_node_returns() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsCluster::start(3);
+    let mut nodes = start_nodes(&nats, "");
+
+    // A persistent session on A with 10 messages queued for it from B.
+    let mut opts = v4::options(nodes[0].port(), "wanderer");
+    opts.set_clean_session(false);
+    let (mut first, _) = v4::connect_with(opts).await;
+    first.subscribe("trip/#", QoS::AtLeastOnce).await;
+    drop(first);
+    wait_interest(&nodes[1], "a", "trip/#", true);
+    let mut publisher = v4::connect(nodes[1].port(), "trip-pub").await;
+    for i in 0..10 {
+        publisher
+            .publish(
+                &format!("trip/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                format!("t{i}"),
+            )
+            .await;
+    }
+    nodes[0].wait_for_log("client_id=wanderer", CLUSTER_WAIT);
+
+    // A dies; the client turns up on C, which cannot reach A: no session there yet.
+    nodes[0].kill();
+    let mut opts = v4::options(nodes[2].port(), "wanderer");
+    opts.set_clean_session(false);
+    let (mut on_c, present) = v4::connect_with(opts).await;
+    assert!(
+        !present,
+        "the owner is down: the session cannot come over yet"
+    );
+    on_c.subscribe("trip/#", QoS::AtLeastOnce).await;
+
+    // A comes back, finds the session owned by C, and sends C what it had queued.
+    nodes[0].crash_and_restart();
+    wait_cluster_ready(&nodes[0], 2);
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while got.len() < 10 {
+        assert!(Instant::now() < deadline, "only {got:?} arrived");
+        if let Some(p) = on_c.try_recv(Duration::from_secs(1)).await {
+            on_c.client.ack(&p).await.expect("puback");
+            got.insert(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+    }
+    assert_eq!(got, (0..10).map(|i| format!("t{i}")).collect());
+    nodes[0].wait_for_log(
+        "session was taken over while this node was down",
+        CLUSTER_WAIT,
+    );
+}
