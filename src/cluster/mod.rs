@@ -973,18 +973,24 @@ async fn announce(cluster: &Cluster, filter: &str, durable: Option<bool>) -> boo
     false
 }
 
-/// Follows the interest bucket: what every other node is subscribed to.
-async fn watch_interest(cluster: Arc<Cluster>, broker: Arc<Broker>) {
-    let Some(buckets) = cluster.buckets.get() else {
-        return;
-    };
+/// Follows a bucket from its current values on: `on_entry` sees every key's latest value
+/// (or deletion), then every change. A watch that ends (NATS went away) starts again
+/// from the current values, which the handlers apply idempotently.
+async fn follow_bucket(
+    bucket: &kv::Store,
+    name: &str,
+    broker: &Broker,
+    mut on_entry: impl FnMut(kv::Entry),
+) {
     loop {
-        let mut watch = match buckets.interest.watch_with_history(">").await {
+        let mut watch = match bucket.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
-                warn!(error = %e, "cannot watch the interest bucket; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                warn!(bucket = name, error = %e, "cannot watch the bucket; retrying");
+                tokio::select! {
+                    _ = broker.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
             }
         };
         loop {
@@ -993,32 +999,43 @@ async fn watch_interest(cluster: Arc<Cluster>, broker: Arc<Broker>) {
                 e = watch.next() => e,
             };
             let Some(Ok(entry)) = entry else { break };
-            let Some((node, filter)) = entry
-                .key
-                .split_once('.')
-                .and_then(|(n, f)| Some((n.to_string(), unb64(f)?)))
-            else {
-                continue;
-            };
-            if node == *cluster.node {
-                continue;
-            }
-            let mut remote = cluster.remote.write();
-            match entry.operation {
-                kv::Operation::Put => {
-                    let durable = entry.value.as_ref() == b"1";
-                    remote.set(&node, &filter, durable);
-                    debug!(%node, %filter, durable, "remote interest added");
-                }
-                kv::Operation::Delete | kv::Operation::Purge => {
-                    remote.remove(&node, &filter);
-                    debug!(%node, %filter, "remote interest removed");
-                }
-            }
-            metrics::gauge!(metric::CLUSTER_REMOTE_FILTERS).set(remote.len() as f64);
+            on_entry(entry);
         }
-        warn!("interest watch ended; restarting it");
+        warn!(bucket = name, "bucket watch ended; restarting it");
     }
+}
+
+/// Follows the interest bucket: what every other node is subscribed to.
+async fn watch_interest(cluster: Arc<Cluster>, broker: Arc<Broker>) {
+    let Some(buckets) = cluster.buckets.get() else {
+        return;
+    };
+    follow_bucket(&buckets.interest, "interest", &broker, |entry| {
+        let Some((node, filter)) = entry
+            .key
+            .split_once('.')
+            .and_then(|(n, f)| Some((n.to_string(), unb64(f)?)))
+        else {
+            return;
+        };
+        if node == *cluster.node {
+            return;
+        }
+        let mut remote = cluster.remote.write();
+        match entry.operation {
+            kv::Operation::Put => {
+                let durable = entry.value.as_ref() == b"1";
+                remote.set(&node, &filter, durable);
+                debug!(%node, %filter, durable, "remote interest added");
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                remote.remove(&node, &filter);
+                debug!(%node, %filter, "remote interest removed");
+            }
+        }
+        metrics::gauge!(metric::CLUSTER_REMOTE_FILTERS).set(remote.len() as f64);
+    })
+    .await;
 }
 
 /// Follows the retained bucket: every node holds every retained message.
@@ -1026,41 +1043,28 @@ async fn watch_retained(cluster: Arc<Cluster>, broker: Arc<Broker>) {
     let Some(buckets) = cluster.buckets.get() else {
         return;
     };
-    loop {
-        let mut watch = match buckets.retained.watch_with_history(">").await {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch the retained bucket; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            let entry = tokio::select! {
-                _ = broker.shutdown.cancelled() => return,
-                e = watch.next() => e,
-            };
-            let Some(Ok(entry)) = entry else { break };
-            match entry.operation {
-                kv::Operation::Put => match Envelope::decode(entry.value.clone()) {
-                    Ok(env) if env.origin != *cluster.node => {
-                        metrics::counter!(metric::CLUSTER_RECEIVED, "path" => "retained")
-                            .increment(1);
-                        let message = Arc::new(env.to_message(broker.next_message_id()));
-                        broker.router.retain(&message);
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "unreadable retained message in the bucket"),
-                },
-                kv::Operation::Delete | kv::Operation::Purge => {
-                    if let Some(topic) = unb64(&entry.key) {
-                        broker.router.clear_retained(&topic);
-                    }
+    follow_bucket(
+        &buckets.retained,
+        "retained",
+        &broker,
+        |entry| match entry.operation {
+            kv::Operation::Put => match Envelope::decode(entry.value.clone()) {
+                Ok(env) if env.origin != *cluster.node => {
+                    metrics::counter!(metric::CLUSTER_RECEIVED, "path" => "retained").increment(1);
+                    let message = Arc::new(env.to_message(broker.next_message_id()));
+                    broker.router.retain(&message);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "unreadable retained message in the bucket"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                if let Some(topic) = unb64(&entry.key) {
+                    broker.router.clear_retained(&topic);
                 }
             }
-        }
-        warn!("retained watch ended; restarting it");
-    }
+        },
+    )
+    .await;
 }
 
 /// Consumes this node's durable inbox: stores each message for its persistent
