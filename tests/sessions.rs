@@ -353,3 +353,30 @@ async fn empty_client_id_v311_persistent_session_gets_connack_2() {
         "CONNACK 0x02 identifier rejected, then close"
     );
 }
+
+/// [MQTT-3.1.2-6]: a clean session's state is never reused, also when a Clean Session 0
+/// CONNECT takes over while the clean session's connection is still online.
+#[tokio::test]
+async fn v311_takeover_of_an_online_clean_session_does_not_resume_it() {
+    let broker = Broker::start();
+    let port = broker.port();
+    let (mut clean, present) = RawClient::handshake(port, &Connect::v311("cs-take")).await;
+    assert_eq!(present.connack(), (false, 0));
+    clean.subscribe(1, "cst/t", 1).await;
+
+    let (mut persistent, connack) =
+        RawClient::handshake(port, &Connect::v311("cs-take").clean(false)).await;
+    assert_eq!(
+        connack.connack(),
+        (false, 0),
+        "[MQTT-3.1.2-6] the clean session's state is not resumed"
+    );
+    clean.expect_closed().await;
+
+    // Its subscription went with it: a publish to cst/t reaches nobody.
+    let mut publ = RawClient::v311(port, "cs-take-pub").await;
+    publ.send(&packet::publish(false, "cst/t", 1, false, 7, &[], b"x"))
+        .await;
+    publ.expect(packet::PUBACK, "PUBACK").await;
+    persistent.expect_silence(QUIET).await;
+}

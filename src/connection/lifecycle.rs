@@ -29,7 +29,10 @@ pub(super) fn attach_session(
     let mut records = Vec::new();
     let mut discarded = Vec::new();
     if let Some(existing) = broker.sessions.get(client_id) {
-        if !clean_start && !existing.is_ended() {
+        // A session with expiry 0 (3.1.1 clean session 1) ends with its connection, and a
+        // takeover closes that connection: its state is never handed to the next one,
+        // whatever that one asks for [MQTT-3.1.2-6].
+        if !clean_start && !existing.is_ended() && existing.expiry_secs() > 0 {
             if let Some(previous) = existing.attach(conn_id, kick, link, expiry_secs) {
                 let _ = previous.send(reason::SESSION_TAKEN_OVER);
             }
