@@ -8,6 +8,7 @@
 mod common;
 mod dlq_support;
 
+use common::log;
 use common::rumq::{v4, v5};
 use common::{Broker, WAIT};
 use dlq_support::*;
@@ -707,4 +708,62 @@ async fn dead_letter_session_survives_clean_start_and_expiry_0() {
     assert_eq!(publish_reason(&mut p, "gone/2", "g2").await, 0x10);
     let dead = drain_exact(port, 2).await;
     assert_eq!(payloads(&dead), ["g1", "g2"]);
+}
+
+/// An expiring session's messages become durable dead letters before its SessionRemove
+/// record: a crash right after that record (the log cut there) still has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_dead_letters_are_durable_before_the_session_is_removed() {
+    let mut b = Broker::start();
+    let port = b.port();
+    let (mut brief, _) = v5::connect_with(persistent_v5(port, "brief", 1)).await;
+    brief.subscribe("x/t", v5::QoS::AtLeastOnce).await;
+    let watch = DlqWatch::start(port, 2, 10, "session_expired").await;
+    brief.disconnect().await;
+    publish_all(port, "pub", "x/t", &["a", "b"]).await;
+    assert_eq!(watch.collect().await.len(), 2);
+    let is_removal = |f: &log::Frame| f.kind == log::SESSION_REMOVE && f.first_str() == "brief";
+    log::wait_for(&b.data_dir(), "SessionRemove of brief", is_removal);
+
+    b.restart_after(|dir| {
+        let frames = log::frames(dir);
+        let removal = frames
+            .iter()
+            .find(|f| is_removal(f))
+            .expect("the expired session's SessionRemove record");
+        log::cut_after(dir, removal);
+    });
+    let dead = drain_exact(b.port(), 2).await;
+    let got: Vec<String> = dead.iter().map(payload).collect();
+    assert_eq!(got, ["a", "b"], "the dead letters precede the removal");
+}
+
+/// The same for a session a clean start replaced: its dead letters are durable before
+/// the SessionRemove record that the new session's CONNACK waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_start_dead_letters_are_durable_before_the_session_is_removed() {
+    let mut b = Broker::start();
+    let port = b.port();
+    let (mut c, _) = v5::connect_with(persistent_v5(port, "dev2", 300)).await;
+    c.subscribe("y/t", v5::QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    publish_all(port, "pub", "y/t", &["queued"]).await;
+    let mut o = v5::options(port, "dev2");
+    o.set_clean_start(true);
+    let (c, ack) = v5::connect_with(o).await;
+    assert!(!ack.session_present);
+    drop(c);
+
+    let is_removal = |f: &log::Frame| f.kind == log::SESSION_REMOVE && f.first_str() == "dev2";
+    log::wait_for(&b.data_dir(), "SessionRemove of dev2", is_removal);
+    b.restart_after(|dir| {
+        let frames = log::frames(dir);
+        let removal = frames
+            .iter()
+            .find(|f| is_removal(f))
+            .expect("SessionRemove");
+        log::cut_after(dir, removal);
+    });
+    let dead = drain_exact(b.port(), 1).await;
+    assert_eq!(payload(&dead[0]), "queued");
 }

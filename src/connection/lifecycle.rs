@@ -67,7 +67,8 @@ pub(super) fn attach_session(
         records.push(session_record(&session));
         session.set_persisted(true);
     }
-    records.splice(0..0, discarded.iter().filter_map(|d| d.record.clone()));
+    // The SessionRemove records of `discarded` are not among `records`: they are written
+    // only after the dead letters of what those sessions held (see `dead_letter_remains`).
     (session, false, records, discarded)
 }
 
@@ -89,7 +90,7 @@ pub(crate) struct Discarded {
 }
 
 /// Ends a session: its subscriptions leave the router; the caller writes the record
-/// and dead-letters what was left with [`finish_discard`].
+/// and dead-letters what was left with [`dead_letter_remains`].
 pub(crate) fn discard_session(broker: &Broker, session: &Arc<Session>) -> Discarded {
     let mut left = session.end();
     left.retain(|d| d.qos != QoS::AtMostOnce);
@@ -109,9 +110,14 @@ pub(crate) fn discard_session(broker: &Broker, session: &Arc<Session>) -> Discar
     }
 }
 
-/// Dead-letters what an ended session still held. Its durable queue entries went with
-/// the SessionRemove record, so they need no acks.
-pub(super) async fn finish_discard(broker: &Broker, discarded: Vec<Discarded>) {
+/// Dead-letters what ended sessions still held, waits until those dead letters are
+/// durable, and returns the sessions' SessionRemove records, which may be written only now.
+/// In that order a crash at any point leaves each acknowledged message in its session's
+/// queue, in the dead-letter queue, or (between the two writes) in both, never in neither.
+/// A session whose dead letters could not be made durable keeps its store record: after a
+/// restart it is back with its queue.
+pub(crate) async fn dead_letter_remains(broker: &Broker, discarded: Vec<Discarded>) -> Vec<Record> {
+    let mut removals = Vec::new();
     for d in discarded {
         if !d.left.is_empty() {
             warn!(
@@ -120,20 +126,37 @@ pub(super) async fn finish_discard(broker: &Broker, discarded: Vec<Discarded>) {
                 "session ended with messages still queued"
             );
         }
+        let mut tickets = Vec::new();
         for mut delivery in d.left {
+            // The session's durable queue entries end with its SessionRemove record, so
+            // they need no acks.
             delivery.durable = false;
-            broker
-                .undeliverable(&d.session, delivery, DeadLetterReason::SessionExpired)
-                .await;
+            tickets.extend(
+                broker
+                    .undeliverable(&d.session, delivery, DeadLetterReason::SessionExpired)
+                    .await,
+            );
+        }
+        let mut durable = true;
+        for ticket in tickets {
+            if let Err(e) = ticket.wait().await {
+                warn!(client_id = %d.session.client_id, error = %e,
+                    "dead letters of an ended session not made durable; its record stays");
+                durable = false;
+            }
+        }
+        if durable {
+            removals.extend(d.record);
         }
     }
+    removals
 }
 
-/// Ends a session another node took over or replaced: its record, then dead letters
-/// for whatever it still holds in `left`.
+/// Ends a session another node took over or replaced: dead letters for whatever it
+/// still holds in `left`, then its record.
 pub(crate) async fn finish_discard_now(broker: &Broker, discarded: Discarded) {
-    append_records(broker, discarded.record.iter().cloned().collect()).await;
-    finish_discard(broker, vec![discarded]).await;
+    let removals = dead_letter_remains(broker, vec![discarded]).await;
+    append_records(broker, removals).await;
 }
 
 /// Writes records nobody waits for; a failure is logged (the store logs its own cause).
@@ -157,8 +180,7 @@ pub(super) async fn end_or_schedule_expiry(
     if expiry == 0 {
         if broker.sessions.remove_if_same(session) {
             let discarded = discard_session(broker, session);
-            append_records(broker, discarded.record.iter().cloned().collect()).await;
-            finish_discard(broker, vec![discarded]).await;
+            finish_discard_now(broker, discarded).await;
         }
         return;
     }
@@ -179,8 +201,7 @@ pub fn schedule_expiry(broker: &Arc<Broker>, session: &Arc<Session>, generation:
             if broker.sessions.remove_if_same(&session) {
                 info!(client_id = %session.client_id, "session expired");
                 let discarded = discard_session(&broker, &session);
-                append_records(&broker, discarded.record.iter().cloned().collect()).await;
-                finish_discard(&broker, vec![discarded]).await;
+                finish_discard_now(&broker, discarded).await;
             }
         },
     );

@@ -25,7 +25,7 @@ use crate::store::Record;
 use bytes::{Buf, BytesMut};
 use handlers::PublishNext;
 use lifecycle::{
-    append_records, attach_session, end_or_schedule_expiry, finish_discard, publish_will,
+    append_records, attach_session, dead_letter_remains, end_or_schedule_expiry, publish_will,
     session_record,
 };
 use std::collections::HashMap;
@@ -354,7 +354,10 @@ impl Connection {
     /// the store failed and the connection is refused.
     async fn commit_handshake(&mut self, broker: &Arc<Broker>) -> bool {
         let mut refused = false;
-        let records = std::mem::take(&mut self.records);
+        // What the sessions a clean start ended still held becomes durable dead letters
+        // first; their removal goes in the same batch as the new session's record.
+        let mut records = dead_letter_remains(broker, std::mem::take(&mut self.discarded)).await;
+        records.append(&mut self.records);
         if !records.is_empty() {
             if let Err(e) = broker.store.commit(records).await {
                 warn!(error = %e, "session state not stored; refusing the connection");
@@ -366,7 +369,6 @@ impl Connection {
                 refused = true;
             }
         }
-        finish_discard(broker, std::mem::take(&mut self.discarded)).await;
         refused
     }
 

@@ -5,6 +5,7 @@
 // Each test file uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod log;
 pub mod packet;
 pub mod raw;
 pub mod rumq;
@@ -150,6 +151,19 @@ impl Broker {
             "exit status {status:?}\n{}",
             self.stderr_tail()
         );
+        self.launch();
+    }
+
+    /// Stops the broker with SIGTERM, lets `edit` change its data dir (to cut the log
+    /// where a crash could have), and starts it again.
+    pub fn restart_after(&mut self, edit: impl FnOnce(&Path)) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "exit status {status:?}\n{}",
+            self.stderr_tail()
+        );
+        edit(&self.data_dir());
         self.launch();
     }
 
