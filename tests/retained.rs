@@ -228,3 +228,38 @@ async fn retained_message_keeps_its_v5_properties() {
         vec![&Prop::Pair("k".into(), "v".into())]
     );
 }
+
+/// A wildcard matching more retained messages than the queue holds gets them all, as
+/// its window allows, and none becomes a `queue_full` dead letter (#13: a retained copy
+/// is never dead-lettered; the retained store keeps the message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_retained_than_the_queue_holds_arrive_without_dead_letters() {
+    let broker = Broker::start_with_config("[limits]\nmax_queued_messages = 10\n");
+    let port = broker.port();
+    let mut publ = v4::connect(port, "many-pub").await;
+    let n = 60;
+    for i in 0..n {
+        publ.publish(
+            &format!("many/{i}"),
+            v4::QoS::AtLeastOnce,
+            true,
+            format!("{i}"),
+        )
+        .await;
+    }
+    let mut sub = v4::connect(port, "many-sub").await;
+    sub.subscribe("many/#", v4::QoS::AtLeastOnce).await;
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let m = sub.recv().await;
+        assert!(m.retain, "sent as a retained message");
+        got.insert(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    assert_eq!(got.len(), n, "every retained message once");
+    assert!(sub.try_recv(QUIET).await.is_none());
+    assert_eq!(
+        broker.metric("sluice_dead_letters_total{reason=\"queue_full\"}"),
+        0.0,
+        "no retained copy became a queue_full dead letter"
+    );
+}

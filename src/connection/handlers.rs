@@ -3,7 +3,6 @@
 
 use super::writer::Outbound;
 use super::*;
-use crate::dead_letter::DeadLetterReason;
 
 /// What is left to do with a PUBLISH after [`Connection::on_publish`].
 pub(super) enum PublishNext {
@@ -399,16 +398,7 @@ impl Connection {
                     _ => false,
                 };
             if send_retained {
-                for m in broker.router.retained_matching(&f.filter) {
-                    retained.push(Delivery {
-                        qos: m.qos.min(f.options.qos),
-                        message: m,
-                        retain: true,
-                        subscription_ids: s.subscription_identifier.into_iter().collect(),
-                        attempts: 0,
-                        durable: false,
-                    });
-                }
+                retained.push((broker.router.retained_matching(&f.filter), f.options.qos));
             }
         }
         // A granted subscription of a persistent session survives a restart.
@@ -426,13 +416,10 @@ impl Connection {
             user_properties: Vec::new(),
         });
         ob.packet(&ack);
-        // Queued after the SUBACK is encoded, so they reach the client after it.
-        for d in retained {
-            for evicted in self.session.enqueue(d).evicted {
-                broker
-                    .undeliverable(&self.session, evicted, DeadLetterReason::QueueFull)
-                    .await;
-            }
+        // Offered after the SUBACK is encoded, so they reach the client after it.
+        let ids: Vec<u32> = s.subscription_identifier.into_iter().collect();
+        for (messages, qos) in retained {
+            self.session.offer_retained(messages, qos, ids.clone());
         }
         None
     }

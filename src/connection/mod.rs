@@ -18,9 +18,7 @@ use crate::protocol::{
     ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::router::topic;
-use crate::session::{
-    next_connection_id, Delivery, LinkLimits, Session, SubscriptionRecord, EXPIRY_NEVER,
-};
+use crate::session::{next_connection_id, LinkLimits, Session, SubscriptionRecord, EXPIRY_NEVER};
 use crate::store::Record;
 use bytes::{Buf, BytesMut};
 use handlers::PublishNext;

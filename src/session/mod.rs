@@ -61,6 +61,8 @@ struct Inflight {
     packet_id: u16,
     delivery: Delivery,
     stage: Stage,
+    /// A copy from the retained store (see [`RetainedFeed`]): never dead-lettered.
+    retained_copy: bool,
 }
 
 /// What the writer must send next.
@@ -83,6 +85,20 @@ pub struct EnqueueOutcome {
     /// Deliveries pushed out to respect the queue limits (oldest first), or the offered
     /// one itself when it could not be queued. They are the caller's to dead-letter.
     pub evicted: Vec<Delivery>,
+}
+
+/// Retained messages a SUBSCRIBE matched, waiting to be sent [MQTT-3.3.1-9]. They reach
+/// the client as its inflight window allows, never through the queue: they are copies of
+/// what the retained store keeps, so they are neither charged to the queue limits nor
+/// ever dead-lettered (a wildcard matching more retained messages than the queue holds
+/// must not turn them into `queue_full` dead letters). Each waiting message costs one
+/// pointer.
+#[derive(Debug)]
+struct RetainedFeed {
+    messages: VecDeque<Arc<Message>>,
+    /// The subscription's maximum QoS.
+    qos: QoS,
+    subscription_ids: Vec<u32>,
 }
 
 /// A subscription as the client asked for it.
@@ -131,6 +147,8 @@ struct SessionState {
     subscriptions: HashMap<String, SubscriptionRecord>,
     queue: VecDeque<Delivery>,
     queued_bytes: usize,
+    /// Retained messages matched by SUBSCRIBEs, sent before the queue.
+    retained: VecDeque<RetainedFeed>,
     inflight: VecDeque<Inflight>,
     /// Message cost (topic + payload) of the inflight entries.
     inflight_bytes: usize,
@@ -175,6 +193,7 @@ impl Session {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                retained: VecDeque::new(),
                 inflight: VecDeque::new(),
                 inflight_bytes: 0,
                 charged: 0,
@@ -267,6 +286,7 @@ impl Session {
             if st.queue.len() != before {
                 st.queued_bytes = st.queue.iter().map(|d| d.message.cost()).sum();
             }
+            st.retained.retain(|f| f.qos != QoS::AtMostOnce);
         }
         self.settle(&mut st);
         Some(st.generation)
@@ -298,7 +318,13 @@ impl Session {
         st.ended = true;
         st.queued_bytes = 0;
         st.inflight_bytes = 0;
-        let mut left: Vec<Delivery> = st.inflight.drain(..).map(|i| i.delivery).collect();
+        st.retained.clear();
+        let mut left: Vec<Delivery> = st
+            .inflight
+            .drain(..)
+            .filter(|i| !i.retained_copy)
+            .map(|i| i.delivery)
+            .collect();
         left.extend(st.queue.drain(..));
         self.settle(&mut st);
         left
@@ -383,6 +409,33 @@ impl Session {
         out
     }
 
+    /// Adds the retained messages a SUBSCRIBE matched, to be sent as the window allows
+    /// (see [`RetainedFeed`]).
+    pub fn offer_retained(
+        &self,
+        messages: Vec<Arc<Message>>,
+        qos: QoS,
+        subscription_ids: Vec<u32>,
+    ) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        if st.ended {
+            return;
+        }
+        st.retained.push_back(RetainedFeed {
+            messages: messages.into(),
+            qos,
+            subscription_ids,
+        });
+        let online = st.owner.is_some();
+        drop(st);
+        if online {
+            self.notify.notify_one();
+        }
+    }
+
     /// Puts recovered or handed-over deliveries at the back of the queue without limits.
     pub fn restore(&self, deliveries: impl IntoIterator<Item = Delivery>) {
         let mut st = self.state.lock();
@@ -452,7 +505,65 @@ impl Session {
         }
         let window = usize::from(st.link.window);
         let max_packet = st.link.max_packet_size;
+        let too_large =
+            |d: &Delivery| max_packet.is_some_and(|limit| encoded_len(d) > limit as usize);
         while out.len() < max {
+            let st = &mut *st;
+            let Some(feed) = st.retained.front_mut() else {
+                break;
+            };
+            let Some(message) = feed.messages.front() else {
+                st.retained.pop_front();
+                continue;
+            };
+            let qos = message.qos.min(feed.qos);
+            if qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let Some(message) = feed.messages.pop_front() else {
+                continue;
+            };
+            let mut delivery = Delivery {
+                message,
+                qos,
+                retain: true,
+                subscription_ids: feed.subscription_ids.clone(),
+                attempts: 0,
+                durable: false,
+            };
+            // A retained copy the client cannot have is skipped, not dead-lettered: the
+            // retained store still holds the message [MQTT-3.1.2-25].
+            if delivery.message.is_expired(now) || !may_read(&delivery) || too_large(&delivery) {
+                continue;
+            }
+            if qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    delivery,
+                    packet_id: 0,
+                    dup: false,
+                });
+                continue;
+            }
+            let packet_id = next_free_packet_id(st);
+            delivery.attempts = 1;
+            st.inflight_bytes += delivery.message.cost();
+            st.inflight.push_back(Inflight {
+                packet_id,
+                delivery: delivery.clone(),
+                stage: Stage::Published,
+                retained_copy: true,
+            });
+            out.push(Outgoing::Publish {
+                delivery,
+                packet_id,
+                dup: false,
+            });
+        }
+        while out.len() < max {
+            if st.retained.iter().any(|f| !f.messages.is_empty()) {
+                // The inflight window is full and retained copies go first.
+                break;
+            }
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
@@ -475,11 +586,9 @@ impl Session {
                 dropped.push((delivery, None));
                 continue;
             }
-            if let Some(limit) = max_packet {
-                if encoded_len(&delivery) > limit as usize {
-                    dropped.push((delivery, Some(DeadLetterReason::TooLarge)));
-                    continue;
-                }
+            if too_large(&delivery) {
+                dropped.push((delivery, Some(DeadLetterReason::TooLarge)));
+                continue;
             }
             if delivery.qos == QoS::AtMostOnce {
                 out.push(Outgoing::Publish {
@@ -496,6 +605,7 @@ impl Session {
                 packet_id,
                 delivery: delivery.clone(),
                 stage: Stage::Published,
+                retained_copy: false,
             });
             out.push(Outgoing::Publish {
                 delivery,
