@@ -361,6 +361,12 @@ fn store_seeds(dir: &Path) {
                     message_id: 1,
                     attempts: 2,
                 },
+                Record::Outbound {
+                    session: s(),
+                    message_id: 2,
+                    packet_id: 3,
+                    released: false,
+                },
                 Record::Ack {
                     session: s(),
                     message_id: 1,

@@ -248,7 +248,8 @@ impl Broker {
                 session.add_subscription(filter, record.clone());
             }
             if let Some(entries) = queues.remove(&client_id) {
-                let deliveries = entries.into_iter().map(|e| {
+                let mut queued = Vec::with_capacity(entries.len());
+                for e in entries {
                     let message = Arc::new(message_from_store(&e.message));
                     let qos = state
                         .subscriptions
@@ -258,16 +259,22 @@ impl Broker {
                         .max()
                         .map_or(message.qos, |q| q.min(message.qos))
                         .max(QoS::AtLeastOnce);
-                    Delivery {
+                    let delivery = Delivery {
                         message,
                         qos,
                         retain: false,
                         subscription_ids: Vec::new(),
                         attempts: e.attempts,
                         durable: true,
+                    };
+                    match e.outbound {
+                        Some((packet_id, released)) if qos == QoS::ExactlyOnce => {
+                            session.restore_inflight(delivery, packet_id, released)
+                        }
+                        _ => queued.push(delivery),
                     }
-                });
-                session.restore(deliveries);
+                }
+                session.restore(queued);
             }
             if let Some(pids) = recovered.qos2_pending.get(&client_id) {
                 for &pid in pids {

@@ -152,3 +152,68 @@ async fn clean_sessions_do_not_survive_a_restart() {
     let (_c, present) = v4::connect_with(persistent(broker.port(), "dur-clean")).await;
     assert!(!present, "a clean session is not stored");
 }
+
+/// A persistent QoS 2 subscriber and a QoS 2 message queued for it, published at QoS 2.
+async fn qos2_subscriber_with_one_message(broker: &Broker, id: &str) -> (RawClient, u16) {
+    let port = broker.port();
+    let (mut sub, _) = RawClient::handshake(port, &Connect::v311(id).clean(false)).await;
+    sub.subscribe(1, "q2/t", 2).await;
+    let mut publ = RawClient::v311(port, &format!("{id}-pub")).await;
+    publ.send(&packet::publish(false, "q2/t", 2, false, 9, &[], b"once"))
+        .await;
+    publ.expect(packet::PUBREC, "PUBREC").await;
+    let p = sub.expect_publish().await;
+    assert_eq!(
+        (p.qos, p.dup, p.payload.as_slice()),
+        (2, false, &b"once"[..])
+    );
+    (sub, p.packet_id)
+}
+
+/// Outbound QoS 2 is exactly once across a crash [MQTT-4.4.0-1]: a message whose PUBREC
+/// the broker had is followed after a restart by the PUBREL, not by a new PUBLISH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_qos2_after_pubrec_resumes_with_pubrel_after_a_crash() {
+    let mut broker = Broker::start();
+    let (mut sub, packet_id) = qos2_subscriber_with_one_message(&broker, "q2-rel").await;
+    sub.send(&packet::ack(0x50, packet_id)).await;
+    let rel = sub.expect(packet::PUBREL, "PUBREL").await;
+    assert_eq!(rel.packet_id(), packet_id);
+    common::log::wait_for(&broker.data_dir(), "the released stage", |f| {
+        f.outbound() == Some((packet_id, true))
+    });
+
+    broker.crash_and_restart();
+    let (mut sub, ack) =
+        RawClient::handshake(broker.port(), &Connect::v311("q2-rel").clean(false)).await;
+    assert_eq!(ack.connack(), (true, 0));
+    let rel = sub
+        .expect(packet::PUBREL, "PUBREL, not a new PUBLISH")
+        .await;
+    assert_eq!(rel.packet_id(), packet_id);
+    sub.send(&packet::ack(0x70, packet_id)).await;
+    sub.expect_silence(QUIET).await;
+}
+
+/// A QoS 2 message sent but not yet PUBREC'd comes back after a crash with DUP and the
+/// same packet id, so the subscriber can tell it already has it [MQTT-4.3.3-10].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_qos2_before_pubrec_is_resent_with_the_same_packet_id_after_a_crash() {
+    let mut broker = Broker::start();
+    let (_sub, packet_id) = qos2_subscriber_with_one_message(&broker, "q2-pub").await;
+
+    broker.crash_and_restart();
+    let (mut sub, ack) =
+        RawClient::handshake(broker.port(), &Connect::v311("q2-pub").clean(false)).await;
+    assert_eq!(ack.connack(), (true, 0));
+    let p = sub.expect_publish().await;
+    assert_eq!(
+        (p.packet_id, p.dup, p.payload.as_slice()),
+        (packet_id, true, &b"once"[..]),
+        "the same packet id, with DUP"
+    );
+    sub.send(&packet::ack(0x50, packet_id)).await;
+    sub.expect(packet::PUBREL, "PUBREL").await;
+    sub.send(&packet::ack(0x70, packet_id)).await;
+    sub.expect_silence(QUIET).await;
+}

@@ -60,6 +60,18 @@ impl Connection {
                         }
                     }
                 } else {
+                    if let Some(message_id) = self.session.released_durable(a.packet_id) {
+                        // Lazily: if it is lost, a restart resends the PUBLISH with the
+                        // same packet id and DUP, which the subscriber answers with
+                        // PUBREC again without delivering twice [MQTT-4.3.3-10].
+                        let stage = Record::Outbound {
+                            session: self.client_id.to_string(),
+                            message_id,
+                            packet_id: a.packet_id,
+                            released: true,
+                        };
+                        append_records(broker, vec![stage]).await;
+                    }
                     ob.packet(&rel.packet());
                 }
             }

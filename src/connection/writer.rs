@@ -18,9 +18,9 @@ use crate::broker::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::now_ms;
 use crate::metrics as metric;
-use crate::protocol::{self, reason, OutboundPublish, Packet, ProtocolVersion, PubResponse};
+use crate::protocol::{self, reason, OutboundPublish, Packet, ProtocolVersion, PubResponse, QoS};
 use crate::session::{Delivery, Outgoing};
-use crate::store::{CommitTicket, StoreError};
+use crate::store::{CommitTicket, Record, StoreError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -233,6 +233,33 @@ impl Connection {
             );
         }
         ob.more_queued = ob.outgoing.len() >= WRITE_BATCH;
+        // A durable QoS 2 message is sent only once its packet id is durable, so that a
+        // restart sends the same id again and the subscriber, which may have stored the
+        // message under it, recognises the duplicate [MQTT-4.3.3-10], [MQTT-4.4.0-1].
+        let first_qos2: Vec<Record> = ob
+            .outgoing
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Publish {
+                    delivery,
+                    packet_id,
+                    dup: false,
+                } if delivery.durable && delivery.qos == QoS::ExactlyOnce => {
+                    Some(Record::Outbound {
+                        session: self.client_id.to_string(),
+                        message_id: delivery.message.id,
+                        packet_id: *packet_id,
+                        released: false,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if !first_qos2.is_empty() {
+            if let Err(e) = broker.store.commit(first_qos2).await {
+                warn!(error = %e, "outbound QoS 2 packet ids not stored; a restart may send them anew");
+            }
+        }
         let hot = metric::hot();
         // Counted per batch, not per message: one add per counter per write.
         let (mut sent, mut sent_bytes) = ([0u64; 3], [0u64; 3]);

@@ -639,6 +639,37 @@ impl Session {
         }
     }
 
+    /// The message id of the durable QoS 2 delivery `packet_id` once its PUBREC came
+    /// back, for the store's [`crate::store::Record::Outbound`] record.
+    pub fn released_durable(&self, packet_id: u16) -> Option<u64> {
+        self.state
+            .lock()
+            .inflight
+            .iter()
+            .find(|e| e.packet_id == packet_id && e.stage == Stage::Released)
+            .filter(|e| e.delivery.durable)
+            .map(|e| e.delivery.message.id)
+    }
+
+    /// Puts a recovered QoS 2 delivery back in flight under the packet id it was sent
+    /// with, at the stage the store recorded: after a restart the subscriber gets the
+    /// same PUBLISH again with DUP, or the PUBREL, never a new PUBLISH [MQTT-4.4.0-1].
+    pub fn restore_inflight(&self, delivery: Delivery, packet_id: u16, released: bool) {
+        let mut st = self.state.lock();
+        st.inflight_bytes += delivery.message.cost();
+        st.inflight.push_back(Inflight {
+            packet_id,
+            delivery,
+            stage: if released {
+                Stage::Released
+            } else {
+                Stage::Published
+            },
+            retained_copy: false,
+        });
+        self.settle(&mut st);
+    }
+
     /// PUBCOMP from the subscriber: the QoS 2 message is done.
     pub fn pubcomp(&self, packet_id: u16) -> Option<Delivery> {
         self.complete(packet_id, |s| s == Stage::Released, QoS::ExactlyOnce)

@@ -59,6 +59,7 @@
 //! | 8    | RetainClear     | topic str                                                       |
 //! | 9    | Qos2Received    | session str, packet_id u16                                      |
 //! | 10   | Qos2Released    | session str, packet_id u16                                      |
+//! | 11   | Outbound        | session str, message_id u64, packet_id u16, released u8 (0/1)   |
 //!
 //! Unknown kinds are corruption (a newer format must bump the version).
 
@@ -90,6 +91,7 @@ const K_RETAIN: u8 = 7;
 const K_RETAIN_CLEAR: u8 = 8;
 const K_QOS2_RECEIVED: u8 = 9;
 const K_QOS2_RELEASED: u8 = 10;
+const K_OUTBOUND: u8 = 11;
 
 /// File name of segment `seq`.
 pub(crate) fn segment_file_name(seq: u64) -> String {
@@ -235,6 +237,18 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, rec: &Record) -> Result<usize, St
             out.push(K_QOS2_RECEIVED);
             put_str(out, session);
             out.extend_from_slice(&packet_id.to_le_bytes());
+        }
+        Record::Outbound {
+            session,
+            message_id,
+            packet_id,
+            released,
+        } => {
+            out.push(K_OUTBOUND);
+            put_str(out, session);
+            out.extend_from_slice(&message_id.to_le_bytes());
+            out.extend_from_slice(&packet_id.to_le_bytes());
+            out.push(u8::from(*released));
         }
         Record::Qos2Released { session, packet_id } => {
             out.push(K_QOS2_RELEASED);
@@ -411,6 +425,16 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Record, String> {
         K_QOS2_RECEIVED => Record::Qos2Received {
             session: c.string()?,
             packet_id: c.u16()?,
+        },
+        K_OUTBOUND => Record::Outbound {
+            session: c.string()?,
+            message_id: c.u64()?,
+            packet_id: c.u16()?,
+            released: match c.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(format!("outbound stage {other} is neither 0 nor 1")),
+            },
         },
         K_QOS2_RELEASED => Record::Qos2Released {
             session: c.string()?,

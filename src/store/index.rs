@@ -14,7 +14,7 @@
 //! Rules that keep replay equal to the writer's state after compaction:
 //! * a repeated copy of a record (carried forward, or left behind by a crash between
 //!   carrying and deleting) moves the location to the newest copy ("latest wins");
-//! * carrying a message forward also carries every live Enqueue (+ Attempt) and Retain
+//! * carrying a message forward also carries every live Enqueue (+ Attempt, Outbound) and Retain
 //!   that refers to it, so on replay no reference precedes its message;
 //! * tombstones (Ack, SessionRemove, RetainClear, Qos2Released) are never live: they
 //!   only matter while older segments exist, and compaction deletes oldest first.
@@ -58,6 +58,8 @@ pub(crate) struct QEntry {
     pub enq: Loc,
     pub attempts: u32,
     pub att: Option<Loc>,
+    /// Outbound QoS 2 packet id, PUBREC received, and where that record is.
+    pub outbound: Option<(u16, bool, Loc)>,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +156,7 @@ impl Index {
                         enq: loc,
                         attempts: 0,
                         att: None,
+                        outbound: None,
                     },
                 );
                 self.live.add(loc);
@@ -199,6 +202,29 @@ impl Index {
                 }
                 q.att = Some(loc);
                 q.attempts = *attempts;
+                self.live.add(loc);
+            }
+            Record::Outbound {
+                session,
+                message_id,
+                packet_id,
+                released,
+            } => {
+                let Some(q) = self
+                    .queues
+                    .get_mut(session)
+                    .and_then(|queue| queue.get_mut(message_id))
+                else {
+                    debug!(
+                        session,
+                        message_id, "outbound state for an entry not queued ignored"
+                    );
+                    return;
+                };
+                if let Some((_, _, old)) = q.outbound {
+                    self.live.sub(old);
+                }
+                q.outbound = Some((*packet_id, *released, loc));
                 self.live.add(loc);
             }
             Record::Session { client_id, .. } => {
@@ -283,6 +309,9 @@ impl Index {
         if let Some(att) = q.att {
             self.live.sub(att);
         }
+        if let Some((_, _, out)) = q.outbound {
+            self.live.sub(out);
+        }
         if let Some(m) = self.messages.get_mut(&message_id) {
             if let Some(pos) = m.queued_by.iter().position(|s| s == session) {
                 m.queued_by.swap_remove(pos);
@@ -341,6 +370,13 @@ impl Index {
             } => self
                 .entry(session, *message_id)
                 .is_some_and(|q| q.att == Some(loc)),
+            Record::Outbound {
+                session,
+                message_id,
+                ..
+            } => self
+                .entry(session, *message_id)
+                .is_some_and(|q| q.outbound.is_some_and(|(_, _, l)| l == loc)),
             Record::Session { client_id, .. } => self.sessions.get(client_id) == Some(&loc),
             Record::Retain { topic, .. } => self.retained.get(topic).is_some_and(|r| r.1 == loc),
             Record::Qos2Received { session, packet_id } => self
@@ -398,6 +434,11 @@ impl Index {
                 session,
                 message_id,
                 ..
+            }
+            | Record::Outbound {
+                session,
+                message_id,
+                ..
             } => {
                 if carried.enqueues.insert((session.clone(), *message_id)) {
                     self.push_enqueue(session, *message_id, out);
@@ -423,6 +464,14 @@ impl Index {
                     session: session.to_string(),
                     message_id,
                     attempts: q.attempts,
+                });
+            }
+            if let Some((packet_id, released, _)) = q.outbound {
+                out.push(Record::Outbound {
+                    session: session.to_string(),
+                    message_id,
+                    packet_id,
+                    released,
                 });
             }
         }

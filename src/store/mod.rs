@@ -148,6 +148,15 @@ pub enum Record {
         session: String,
         packet_id: u16,
     },
+    /// Outbound QoS 2: the packet id a queued message was sent with, and whether the
+    /// subscriber's PUBREC came back (PUBREL stage); latest wins. With it a restart sends
+    /// the same packet id again (DUP) or the PUBREL, never a new PUBLISH [MQTT-4.4.0-1].
+    Outbound {
+        session: String,
+        message_id: u64,
+        packet_id: u16,
+        released: bool,
+    },
 }
 
 /// What the store held at open.
@@ -174,6 +183,8 @@ pub struct Recovered {
 pub struct RecoveredEntry {
     pub message: Arc<StoredMessage>,
     pub attempts: u32,
+    /// Outbound QoS 2: packet id and whether PUBREC was received (see [`Record::Outbound`]).
+    pub outbound: Option<(u16, bool)>,
 }
 
 /// Resolves when a submitted batch is durable (or failed).

@@ -244,6 +244,9 @@ pub(crate) fn replay(dir: &Path, fs: &Fs) -> Result<Replayed, StoreError> {
                 Some(RecoveredEntry {
                     message: messages.get(id)?.clone(),
                     attempts: q.attempts,
+                    outbound: q
+                        .outbound
+                        .map(|(packet_id, released, _)| (packet_id, released)),
                 })
             })
             .collect();

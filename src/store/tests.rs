@@ -121,6 +121,12 @@ fn every_kind() -> Vec<Record> {
             session: "s".into(),
             packet_id: 9,
         },
+        Record::Outbound {
+            session: "s".into(),
+            message_id: 7,
+            packet_id: 9,
+            released: true,
+        },
     ]
 }
 
@@ -174,6 +180,18 @@ async fn store_round_trips_every_record_kind() {
                 message_id: 7,
                 attempts: 2,
             },
+            Record::Outbound {
+                session: "s".into(),
+                message_id: 8,
+                packet_id: 3,
+                released: false,
+            },
+            Record::Outbound {
+                session: "s".into(),
+                message_id: 8,
+                packet_id: 3,
+                released: true,
+            },
             ack("t", 8),
             Record::Session {
                 client_id: "s".into(),
@@ -226,6 +244,8 @@ async fn store_round_trips_every_record_kind() {
     let (store, rec) = reopen(config(tmp.path()));
     assert_eq!(queue_ids(&rec, "s"), vec![7, 8]);
     assert_eq!(rec.queues["s"][0].attempts, 2);
+    assert_eq!(rec.queues["s"][0].outbound, None);
+    assert_eq!(rec.queues["s"][1].outbound, Some((3, true)), "latest wins");
     assert_eq!(rec.queues["s"][0].message, m7);
     assert!(!rec.queues.contains_key("t"));
     assert_eq!(
@@ -458,6 +478,12 @@ async fn compaction_drops_acked_and_keeps_live() {
                 session: "slow".into(),
                 packet_id: 77,
             },
+            Record::Outbound {
+                session: "slow".into(),
+                message_id: 1,
+                packet_id: 12,
+                released: true,
+            },
         ])
         .await
         .expect("commit");
@@ -514,6 +540,11 @@ async fn compaction_drops_acked_and_keeps_live() {
     let (store, rec) = reopen(cfg.clone());
     assert_eq!(queue_ids(&rec, "slow"), vec![1]);
     assert_eq!(rec.queues["slow"][0].attempts, 5);
+    assert_eq!(
+        rec.queues["slow"][0].outbound,
+        Some((12, true)),
+        "the outbound QoS 2 stage is carried with its entry"
+    );
     assert_eq!(rec.queues["slow"][0].message.payload, "from long ago");
     assert_eq!(queue_ids(&rec, "fast"), vec![next]);
     assert_eq!(rec.retained.len(), 1);

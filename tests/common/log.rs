@@ -87,3 +87,18 @@ pub fn wait_for(dir: &Path, what: &str, found: impl Fn(&Frame) -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Outbound QoS 2 state (kind 11): session, message id, packet id, released.
+pub const OUTBOUND: u8 = 11;
+
+impl Frame {
+    /// For an Outbound record: (packet id, released).
+    pub fn outbound(&self) -> Option<(u16, bool)> {
+        if self.kind != OUTBOUND {
+            return None;
+        }
+        let at = 4 + u32::from_le_bytes(self.body[0..4].try_into().expect("4 bytes")) as usize + 8;
+        let packet_id = u16::from_le_bytes([self.body[at], self.body[at + 1]]);
+        Some((packet_id, self.body[at + 2] == 1))
+    }
+}
