@@ -564,3 +564,23 @@ async fn oversized_connect_is_refused_from_its_header() {
     expect_connect_refused(&mut c).await;
     assert_broker_works(b.port()).await;
 }
+
+// ------------------------------------------------------------- properties
+
+/// A property not allowed in its packet type makes the packet malformed: DISCONNECT
+/// 0x81 (MQTT 5 §2.2.2.2), not 0x82.
+#[tokio::test]
+async fn property_not_allowed_in_the_packet_gets_v5_disconnect_0x81() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    // SUBSCRIBE 1 with a Topic Alias property (PUBLISH only).
+    c.send(&packet::subscribe(
+        true,
+        1,
+        &[Prop::U16(packet::TOPIC_ALIAS, 1)],
+        &[("a", 0)],
+    ))
+    .await;
+    expect_v5_disconnect(&mut c, &[MALFORMED]).await;
+    assert_broker_works(b.port()).await;
+}

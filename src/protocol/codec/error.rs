@@ -98,7 +98,7 @@ pub enum ProtocolError {
     // ---- properties and reason codes --------------------------------------------------
     #[error("[MQTT-2.2.2] unknown property identifier {id:#04x} in {packet}")]
     UnknownProperty { packet: &'static str, id: u8 },
-    #[error("[MQTT-2.2.2] property {name} is not allowed in {packet}")]
+    #[error("[MQTT-2.2.2.2] property {name} is not allowed in {packet}")]
     PropertyNotAllowed {
         packet: &'static str,
         name: &'static str,
@@ -139,7 +139,6 @@ impl ProtocolError {
             | SubscribeNoFilters
             | UnsubscribeNoFilters
             | RetainHandling3
-            | PropertyNotAllowed { .. }
             | DuplicateProperty { .. }
             | InvalidPropertyValue { .. }
             | InvalidReasonCode { .. } => reason::PROTOCOL_ERROR,
@@ -161,6 +160,9 @@ impl ProtocolError {
             | SubscribeQoS3
             | SubscribeReservedBits(_)
             | UnknownProperty { .. }
+            // An identifier not valid for its packet type makes the packet malformed
+            // (MQTT 5 §2.2.2.2).
+            | PropertyNotAllowed { .. }
             | ConnAckReservedBits(_) => reason::MALFORMED_PACKET,
         }
     }
