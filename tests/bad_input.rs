@@ -284,7 +284,46 @@ async fn will_topic_with_wildcard_is_refused() {
     assert_broker_works(b.port()).await;
 }
 
+/// A will's Response Topic is a topic name: no wildcards [MQTT-3.3.2-14].
+#[tokio::test]
+async fn will_response_topic_with_wildcard_is_refused() {
+    let b = Broker::start();
+    for topic in ["reply/#", "reply/+/x"] {
+        let mut c = RawClient::connect(b.port()).await;
+        let mut will = Will::new("w/t", b"x");
+        will.props = vec![Prop::Str(packet::RESPONSE_TOPIC, topic.into())];
+        c.send(&Connect::v5("c").will(will).build()).await;
+        expect_connect_refused(&mut c).await;
+    }
+    assert_broker_works(b.port()).await;
+}
+
 // ------------------------------------------------------------- PUBLISH
+
+/// A Response Topic with a wildcard [MQTT-3.3.2-14] is a protocol error: DISCONNECT
+/// 0x82 (as mosquitto answers), and the message is neither acknowledged nor forwarded.
+#[tokio::test]
+async fn response_topic_with_wildcard_gets_v5_disconnect_0x82() {
+    let b = Broker::start();
+    let mut sub = RawClient::v5(b.port(), "rt-sub").await;
+    assert_eq!(sub.subscribe(1, "rt/req", 1).await, vec![1]);
+    for (i, topic) in ["reply/+", "reply/#", ""].into_iter().enumerate() {
+        let mut c = RawClient::v5(b.port(), &format!("rt-pub{i}")).await;
+        let props = [Prop::Str(packet::RESPONSE_TOPIC, topic.into())];
+        c.send(&packet::publish(true, "rt/req", 1, false, 1, &props, b"x"))
+            .await;
+        expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    }
+    // A valid one after them is the first (and only) message the subscriber gets.
+    let mut c = RawClient::v5(b.port(), "rt-pub-ok").await;
+    let props = [Prop::Str(packet::RESPONSE_TOPIC, "reply/ok".into())];
+    c.send(&packet::publish(true, "rt/req", 1, false, 1, &props, b"ok"))
+        .await;
+    c.expect(packet::PUBACK, "PUBACK").await;
+    let p = sub.expect_publish().await;
+    assert_eq!(p.payload, b"ok", "a refused message was forwarded");
+    assert_broker_works(b.port()).await;
+}
 
 #[tokio::test]
 async fn invalid_utf8_topic_closes() {

@@ -78,6 +78,8 @@ pub enum ProtocolError {
     TopicAliasZero,
     #[error("[MQTT-3.3.4-6] client PUBLISH carries a subscription identifier")]
     SubscriptionIdFromClient,
+    #[error("[MQTT-3.3.2-14] response topic {0:?} is not a valid topic name")]
+    InvalidResponseTopic(String),
     #[error("[MQTT-3.3.2-4] payload format indicator is 1 but the payload is not UTF-8")]
     PayloadNotUtf8,
 
@@ -129,7 +131,10 @@ impl ProtocolError {
             TopicAliasZero => reason::TOPIC_ALIAS_INVALID,
             PayloadNotUtf8 => reason::PAYLOAD_FORMAT_INVALID,
             WildcardInTopic(_) | InvalidWillTopic(_) => reason::TOPIC_NAME_INVALID,
-            FirstPacketNotConnect(_)
+            // The rule is on the string's meaning, not its encoding; mosquitto answers
+            // the same 0x82.
+            InvalidResponseTopic(_)
+            | FirstPacketNotConnect(_)
             | SecondConnect
             | AuthDataWithoutMethod
             | ServerOnlyPacket(_)

@@ -104,6 +104,18 @@ fn has_wildcard(topic: &str) -> bool {
     topic.contains(['+', '#'])
 }
 
+/// A Response Topic (PUBLISH or will) is used as the topic name of the reply, so it
+/// must be one: not empty [MQTT-4.7.3-1] and without wildcards [MQTT-3.3.2-14]
+/// (UTF-8 and U+0000 were checked when it was read [MQTT-3.3.2-13]).
+fn check_response_topic(props: &Props) -> Result<(), ProtocolError> {
+    match &props.response_topic {
+        Some(t) if t.is_empty() || has_wildcard(t) => {
+            Err(ProtocolError::InvalidResponseTopic(t.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads the protocol name and level at the start of a CONNECT body.
 pub(crate) fn protocol_version(r: &mut Reader<'_>) -> Result<ProtocolVersion, ProtocolError> {
     let name = r.binary("protocol name")?;
@@ -154,6 +166,7 @@ pub(crate) fn connect(body: &[u8]) -> Result<Connect, ProtocolError> {
 
     let will = if will_flag {
         let mut wp = v5_props(&mut r, v5, Ctx::Will)?;
+        check_response_topic(&wp)?;
         let topic = r.string("will topic")?;
         if topic.is_empty() || has_wildcard(&topic) {
             return Err(ProtocolError::InvalidWillTopic(topic));
@@ -276,6 +289,7 @@ fn publish(
     if from_client && !p.subscription_identifiers.is_empty() {
         return Err(ProtocolError::SubscriptionIdFromClient);
     }
+    check_response_topic(&p)?;
     if has_wildcard(&topic) {
         return Err(ProtocolError::WildcardInTopic(topic));
     }
