@@ -158,16 +158,21 @@ async fn second_connect_gets_v5_protocol_error() {
     assert_broker_works(b.port()).await;
 }
 
+/// A CONNECT whose protocol name is not "MQTT" (nor 3.1's "MQIsdp") is not MQTT: the
+/// connection closes without a CONNACK [MQTT-3.1.2-1], unlike an unsupported level.
 #[tokio::test]
-async fn unknown_protocol_name_is_refused() {
+async fn unknown_protocol_name_closes_without_connack() {
     let b = Broker::start();
-    let mut c = RawClient::connect(b.port()).await;
-    let mut connect = Connect::v311("c").build();
-    // 10 0d 00 04 'M' 'Q' 'T' 'T' ...: make it "MQTX".
-    assert_eq!(&connect[4..8], b"MQTT");
-    connect[7] = b'X';
-    c.send(&connect).await;
-    expect_connect_refused(&mut c).await;
+    for (name, level) in [(b"MQTX", 4u8), (b"mqtt", 5), (b"MQTX", 5)] {
+        let mut c = RawClient::connect(b.port()).await;
+        let mut connect = Connect::v311("c").build();
+        // 10 0d 00 04 'M' 'Q' 'T' 'T' level ...
+        assert_eq!(&connect[4..8], b"MQTT");
+        connect[4..8].copy_from_slice(name);
+        connect[8] = level;
+        c.send(&connect).await;
+        expect_silent_close(&mut c).await;
+    }
     assert_broker_works(b.port()).await;
 }
 

@@ -48,6 +48,8 @@ pub enum ProtocolError {
     NullCharacter { field: &'static str },
 
     // ---- CONNECT --------------------------------------------------------------------
+    #[error("[MQTT-3.1.2-1] protocol name {0:?} is neither \"MQTT\" nor \"MQIsdp\"")]
+    InvalidProtocolName(String),
     #[error("[MQTT-3.1.2-2] unsupported protocol {name:?} level {level}")]
     UnsupportedProtocol { name: String, level: u8 },
     #[error("[MQTT-3.1.2-3] CONNECT reserved flag is set")]
@@ -134,6 +136,8 @@ impl ProtocolError {
             // The rule is on the string's meaning, not its encoding; mosquitto answers
             // the same 0x82.
             InvalidResponseTopic(_)
+            // Closed without a CONNACK [MQTT-3.1.2-1]; the code is never sent.
+            | InvalidProtocolName(_)
             | FirstPacketNotConnect(_)
             | SecondConnect
             | AuthDataWithoutMethod

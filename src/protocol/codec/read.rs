@@ -120,15 +120,21 @@ fn check_response_topic(props: &Props) -> Result<(), ProtocolError> {
 pub(crate) fn protocol_version(r: &mut Reader<'_>) -> Result<ProtocolVersion, ProtocolError> {
     let name = r.binary("protocol name")?;
     let level = r.u8("protocol level")?;
+    // Bounded: the name is the client's to choose and ends up in logs.
+    let shown = || String::from_utf8_lossy(&name[..name.len().min(16)]).into_owned();
     match (name, level) {
         (b"MQIsdp", 3) => Ok(ProtocolVersion::V3_1),
         (b"MQTT", 4) => Ok(ProtocolVersion::V3_1_1),
         (b"MQTT", 5) => Ok(ProtocolVersion::V5),
-        _ => Err(ProtocolError::UnsupportedProtocol {
-            // Bounded: the name is the client's to choose and ends up in logs.
-            name: String::from_utf8_lossy(&name[..name.len().min(16)]).into_owned(),
+        // A known name at another level is an MQTT client of an unsupported version:
+        // it is answered with CONNACK 0x01 / 0x84 [MQTT-3.1.2-2].
+        (b"MQTT" | b"MQIsdp", _) => Err(ProtocolError::UnsupportedProtocol {
+            name: shown(),
             level,
         }),
+        // Any other name is not MQTT: the connection is closed without a CONNACK
+        // [MQTT-3.1.2-1].
+        _ => Err(ProtocolError::InvalidProtocolName(shown())),
     }
 }
 

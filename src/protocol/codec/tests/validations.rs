@@ -258,11 +258,18 @@ fn connect_validations() {
             unsupported,
         ),
         case(
-            "unknown name",
+            "unknown name: not MQTT, closed without a CONNACK",
             None,
             conn("HTTP", 4, 2, &[], &id),
-            "[MQTT-3.1.2-2]",
-            unsupported,
+            "[MQTT-3.1.2-1]",
+            PROTOCOL,
+        ),
+        case(
+            "MQTT in lower case",
+            None,
+            conn("mqtt", 5, 2, &[], &id),
+            "[MQTT-3.1.2-1]",
+            PROTOCOL,
         ),
         case(
             "reserved flag",
@@ -415,7 +422,7 @@ fn connect_validations() {
 fn unsupported_protocol_name_is_bounded_in_the_error() {
     let long = "M".repeat(1000);
     let e = dec(&conn(&long, 4, 2, &[], &s("c")), None).expect_err("unsupported");
-    assert_eq!(e.reason_code(), reason::UNSUPPORTED_PROTOCOL_VERSION);
+    assert!(matches!(e, ProtocolError::InvalidProtocolName(_)), "{e}");
     assert!(e.to_string().len() < 100, "{e}");
 }
 
@@ -567,13 +574,6 @@ fn property_validations() {
             MALFORMED,
         ),
         case(
-            "session expiry in PUBLISH",
-            v5,
-            pub5("t", &hex("11 00 00 00 01"), b"x"),
-            "[MQTT-2.2.2.2]",
-            MALFORMED,
-        ),
-        case(
             "response topic with +",
             v5,
             pub5("t", &cat(&[&[0x08], &s("reply/+/x")]), b"x"),
@@ -611,6 +611,13 @@ fn property_validations() {
             ),
             "[MQTT-3.3.2-14]",
             PROTOCOL,
+        ),
+        case(
+            "session expiry in PUBLISH",
+            v5,
+            pub5("t", &hex("11 00 00 00 01"), b"x"),
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "reason string in PUBLISH",
