@@ -353,3 +353,23 @@ async fn empty_client_id_v311_persistent_session_gets_connack_2() {
         "CONNACK 0x02 identifier rejected, then close"
     );
 }
+
+/// MQTT 3.1 has no session present flag: the CONNACK's first byte is reserved and 0
+/// (3.1 §3.2), even when a stored session is resumed.
+#[tokio::test]
+async fn mqtt_3_1_connack_has_no_session_present_flag() {
+    let broker = Broker::start();
+    let port = broker.port();
+    let connect = Connect {
+        level: packet::V31,
+        ..Connect::v311("v31-present")
+    }
+    .clean(false);
+    let (mut c, ack) = RawClient::handshake(port, &connect).await;
+    assert_eq!(ack.body, vec![0, 0]);
+    assert_eq!(c.subscribe(1, "v31/present", 1).await, vec![1]);
+    c.send(&packet::DISCONNECT).await;
+    c.expect_closed().await;
+    let (_c, ack) = RawClient::handshake(port, &connect).await;
+    assert_eq!(ack.body, vec![0, 0], "3.1 CONNACK is 20 02 00 00");
+}

@@ -512,6 +512,26 @@ fn known_encodings() {
             V5,
             "f0 02 00 00",
         ),
+        (
+            "MQTT 3.1 CONNACK: the first byte is reserved, no session present (3.1 §3.2)",
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: reason::SUCCESS,
+                properties: ConnAckProperties::default(),
+            }),
+            V31,
+            "20 02 00 00",
+        ),
+        (
+            "3.1.1 CONNACK carries session present [MQTT-3.2.2-2]",
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: reason::SUCCESS,
+                properties: ConnAckProperties::default(),
+            }),
+            V311,
+            "20 02 01 00",
+        ),
         ("3.x has no AUTH", Packet::Auth(Auth::default()), V311, ""),
         (
             "v5 PUBACK success is short",

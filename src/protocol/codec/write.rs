@@ -115,7 +115,7 @@ fn body(packet: &Packet, version: ProtocolVersion, s: &mut dyn Sink) {
     let v5 = version.is_v5();
     match packet {
         Packet::Connect(c) => connect(c, version, s),
-        Packet::ConnAck(c) => connack(c, v5, s),
+        Packet::ConnAck(c) => connack(c, version, s),
         Packet::Publish(p) => publish(p, v5, s),
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             pub_response(r, v5, s)
@@ -214,10 +214,12 @@ fn connect(c: &Connect, version: ProtocolVersion, s: &mut dyn Sink) {
     }
 }
 
-fn connack(c: &ConnAck, v5: bool, s: &mut dyn Sink) {
-    // Session present must be 0 with a failure code [MQTT-3.2.2-4] (v5: -6).
-    s.u8(u8::from(c.session_present && c.code == reason::SUCCESS));
-    if !v5 {
+fn connack(c: &ConnAck, version: ProtocolVersion, s: &mut dyn Sink) {
+    // Session present must be 0 with a failure code [MQTT-3.2.2-4] (v5: -6). MQTT 3.1
+    // has no session present flag: its first byte is reserved and 0 (3.1 §3.2).
+    let present = c.session_present && c.code == reason::SUCCESS;
+    s.u8(u8::from(present && version != ProtocolVersion::V3_1));
+    if !version.is_v5() {
         s.u8(reason::connack_return_code_v3(c.code));
         return;
     }
