@@ -298,6 +298,10 @@ async fn v311_takeover_closes_the_first_connection() {
     assert_eq!(c2.recv().await.payload.as_ref(), b"to second");
 }
 
+/// A rumqttc client taken over is disconnected. The broker sends the DISCONNECT in its
+/// shortest form `e0 01 8e` (MQTT 5 §3.14.2.2.1, as mosquitto does), which rumqttc
+/// 0.24 cannot parse (it expects a property length): it reports the close, not the
+/// reason. The reason on the wire is checked with the raw client above.
 #[tokio::test]
 async fn v5_takeover_seen_by_rumqttc() {
     let broker = Broker::start();
@@ -305,7 +309,10 @@ async fn v5_takeover_seen_by_rumqttc() {
     let mut c1 = v5::connect(port, "tk5").await;
     let _c2 = v5::connect(port, "tk5").await;
     let why = c1.inbox.closed().await;
-    assert!(why.contains("ServerDisconnect(0x8e)"), "{why}");
+    assert!(
+        why.contains("ServerDisconnect(0x8e)") || why.contains("connection closed by peer"),
+        "{why}"
+    );
 }
 
 #[tokio::test]

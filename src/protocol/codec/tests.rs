@@ -486,19 +486,29 @@ fn mosquitto_v311_subscribe_session() {
 fn known_encodings() {
     let cases: Vec<(&str, Packet, ProtocolVersion, &str)> = vec![
         (
-            "v5 DISCONNECT is never shorter than e0 02 rc 00",
+            "v5 normal DISCONNECT without properties is empty [MQTT 5 §3.14.2.1]",
             Packet::Disconnect(Disconnect::default()),
             V5,
-            "e0 02 00 00",
+            "e0 00",
         ),
         (
-            "v5 DISCONNECT with reason",
+            "v5 DISCONNECT with reason and no properties has no property length \
+             [MQTT 5 §3.14.2.2.1]",
             Packet::Disconnect(Disconnect {
                 reason: 0x8e,
                 ..Default::default()
             }),
             V5,
-            "e0 02 8e 00",
+            "e0 01 8e",
+        ),
+        (
+            "v5 normal DISCONNECT with a property keeps its reason code",
+            Packet::Disconnect(Disconnect {
+                session_expiry_interval: Some(1),
+                ..Default::default()
+            }),
+            V5,
+            "e0 07 00 05 11 00 00 00 01",
         ),
         (
             "3.1.1 DISCONNECT",
@@ -507,10 +517,45 @@ fn known_encodings() {
             "e0 00",
         ),
         (
-            "v5 AUTH is always full",
+            "v5 AUTH success without properties is empty [MQTT 5 §3.15.2.1]",
             Packet::Auth(Auth::default()),
             V5,
-            "f0 02 00 00",
+            "f0 00",
+        ),
+        (
+            "v5 AUTH with reason and no properties has no property length \
+             [MQTT 5 §3.15.2.2.1]",
+            Packet::Auth(Auth {
+                reason: 0x18,
+                ..Default::default()
+            }),
+            V5,
+            "f0 01 18",
+        ),
+        (
+            "v5 PUBREC with reason and no properties has no property length \
+             [MQTT 5 §3.5.2.2.1]",
+            Packet::PubRec(PubResponse {
+                reason: 0x80,
+                ..PubResponse::success(2)
+            }),
+            V5,
+            "50 03 00 02 80",
+        ),
+        (
+            "v5 PUBREL success is short [MQTT 5 §3.6.2.1]",
+            Packet::PubRel(PubResponse::success(3)),
+            V5,
+            "62 02 00 03",
+        ),
+        (
+            "v5 PUBCOMP with reason and no properties has no property length",
+            Packet::PubComp(PubResponse {
+                reason: 0x92,
+                ..PubResponse::success(4)
+            }),
+            V5,
+            "70 03 00 04 92",
         ),
         (
             "MQTT 3.1 CONNACK: the first byte is reserved, no session present (3.1 §3.2)",
