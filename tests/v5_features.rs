@@ -365,3 +365,26 @@ async fn connack_announces_the_brokers_limits() {
         "{props:?}"
     );
 }
+
+/// The CONNACK respects the client's Maximum Packet Size [MQTT-3.1.2-24]: one that
+/// fits exactly is sent; when it cannot fit (its properties are all needed, none is
+/// optional [MQTT-3.2.2-19] [MQTT-3.2.2-20]) the connection closes without one.
+#[tokio::test]
+async fn connack_never_exceeds_the_client_maximum_packet_size() {
+    let broker = Broker::start();
+    let port = broker.port();
+    let (_c, ack) = RawClient::handshake(port, &Connect::v5("mps-probe")).await;
+    assert!(ack.body.len() < 128, "{ack:?}");
+    let size = 2 + ack.body.len() as u32;
+
+    let exact = Connect::v5("mps-fits").prop(Prop::U32(packet::MAXIMUM_PACKET_SIZE, size));
+    let (_c, ack) = RawClient::handshake(port, &exact).await;
+    assert_eq!(2 + ack.body.len() as u32, size);
+
+    let mut c = RawClient::connect(port).await;
+    let small = Connect::v5("mps-small").prop(Prop::U32(packet::MAXIMUM_PACKET_SIZE, size - 1));
+    c.send(&small.build()).await;
+    let got = c.expect_closed().await;
+    assert!(got.is_empty(), "a CONNACK over {} bytes: {got:?}", size - 1);
+    common::assert_broker_works(port).await;
+}

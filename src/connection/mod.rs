@@ -163,19 +163,26 @@ enum Exit {
     /// The store failed to make a message durable and the client cannot be told (3.x,
     /// or a PUBCOMP): it gets no ack and the connection closes.
     StoreFailed,
+    /// Even without its optional properties the CONNACK exceeds the client's Maximum
+    /// Packet Size: the connection closes without one [MQTT-3.1.2-24], and without the
+    /// will (the client was never told it is connected).
+    ConnAckTooLarge,
 }
 
 impl Exit {
     fn publishes_will(&self) -> bool {
         match self {
             Exit::Disconnect { will } => *will,
+            Exit::ConnAckTooLarge => false,
             _ => true,
         }
     }
 
     fn disconnect_code(&self) -> Option<u8> {
         match self {
-            Exit::Disconnect { .. } | Exit::Lost(_) | Exit::WriterGone => None,
+            Exit::Disconnect { .. } | Exit::Lost(_) | Exit::WriterGone | Exit::ConnAckTooLarge => {
+                None
+            }
             Exit::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
             Exit::Protocol(e) => Some(e.reason_code()),
             Exit::Refused { code, .. } => Some(*code),
@@ -318,9 +325,20 @@ impl Connection {
         let mut ob = Outbound::new(self.version, window);
         // Boxed: the commit's future is only needed once per connection.
         let refused = Box::pin(self.commit_handshake(&broker)).await;
-        // The CONNACK goes first.
-        ob.packet(&Packet::ConnAck((*self.connack).clone()));
-        let exit = if refused {
+        // The CONNACK goes first, if it fits the client's Maximum Packet Size.
+        let mut connack = (*self.connack).clone();
+        let fits = match self.session.max_packet_size() {
+            Some(max) if self.version.is_v5() => {
+                protocol::fit_connack(&mut connack, self.version, max as usize)
+            }
+            _ => true,
+        };
+        if fits {
+            ob.packet(&Packet::ConnAck(connack));
+        }
+        let exit = if !fits {
+            Exit::ConnAckTooLarge
+        } else if refused {
             Exit::Refused {
                 code: reason::SERVER_UNAVAILABLE,
                 why: "store unavailable".into(),
@@ -342,6 +360,10 @@ impl Connection {
             Exit::StoreFailed => {
                 warn!("the store failed; a message could not be acknowledged; closing")
             }
+            Exit::ConnAckTooLarge => warn!(
+                "[MQTT-3.1.2-24] the CONNACK exceeds the client's Maximum Packet Size; \
+                 closing without it"
+            ),
         }
         // Boxed: the cleanup's futures would otherwise be part of every connection's
         // task for its whole life.

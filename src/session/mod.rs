@@ -506,6 +506,11 @@ impl Session {
         self.settle(&mut st);
     }
 
+    /// The client's v5 Maximum Packet Size, as the attached connection announced it.
+    pub fn max_packet_size(&self) -> Option<u32> {
+        self.state.lock().link.max_packet_size
+    }
+
     /// PUBACK from the subscriber: the QoS 1 message is done.
     pub fn puback(&self, packet_id: u16) -> Option<Delivery> {
         self.complete(packet_id, |s| s == Stage::Published, QoS::AtLeastOnce)

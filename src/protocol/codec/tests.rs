@@ -715,6 +715,46 @@ fn known_encodings() {
     }
 }
 
+/// A CONNACK larger than the client's Maximum Packet Size loses its Reason String
+/// first [MQTT-3.2.2-19], then its User Properties [MQTT-3.2.2-20]; the other
+/// properties are never dropped, and when it still does not fit it is not sent
+/// [MQTT-3.1.2-24].
+#[test]
+fn connack_is_fitted_to_the_client_maximum_packet_size() {
+    let full = ConnAck {
+        session_present: false,
+        code: reason::SUCCESS,
+        properties: ConnAckProperties {
+            receive_maximum: Some(10),
+            reason_string: Some("why".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        },
+    };
+    let len = |c: &ConnAck| enc(&Packet::ConnAck(c.clone()), V5).len();
+    let mut no_reason = full.clone();
+    no_reason.properties.reason_string = None;
+    let mut bare = no_reason.clone();
+    bare.properties.user_properties.clear();
+    assert!(len(&bare) < len(&no_reason) && len(&no_reason) < len(&full));
+
+    let mut c = full.clone();
+    assert!(fit_connack(&mut c, V5, len(&full)), "fits as it is");
+    assert_eq!(c, full);
+
+    let mut c = full.clone();
+    assert!(fit_connack(&mut c, V5, len(&full) - 1));
+    assert_eq!(c, no_reason, "the reason string goes first");
+
+    let mut c = full.clone();
+    assert!(fit_connack(&mut c, V5, len(&no_reason) - 1));
+    assert_eq!(c, bare, "then the user properties");
+
+    let mut c = full.clone();
+    assert!(!fit_connack(&mut c, V5, len(&bare) - 1), "no CONNACK fits");
+    assert!(enc(&Packet::ConnAck(c), V5).len() > len(&bare) - 1);
+}
+
 #[test]
 fn v5_short_forms_decode() {
     let cases: Vec<(&str, Packet)> = vec![

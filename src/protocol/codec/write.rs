@@ -407,6 +407,25 @@ fn auth(a: &Auth, s: &mut dyn Sink) {
     });
 }
 
+/// Makes `c` fit the client's Maximum Packet Size at `version`: drops the Reason String
+/// [MQTT-3.2.2-19], then the User Properties [MQTT-3.2.2-20], while it is too large.
+/// Returns false when even that is too large: no CONNACK may be sent [MQTT-3.1.2-24].
+pub(crate) fn fit_connack(c: &mut ConnAck, version: ProtocolVersion, max: usize) -> bool {
+    let len = |c: &ConnAck| {
+        let body = measure(|s| connack(c, version, s));
+        1 + varint_len(body) + body
+    };
+    if len(c) <= max {
+        return true;
+    }
+    c.properties.reason_string = None;
+    if len(c) <= max {
+        return true;
+    }
+    c.properties.user_properties.clear();
+    len(c) <= max
+}
+
 #[cfg(test)]
 mod outbound_tests {
     use super::*;
