@@ -628,3 +628,52 @@ async fn property_not_allowed_in_the_packet_gets_v5_disconnect_0x81() {
     expect_v5_disconnect(&mut c, &[MALFORMED]).await;
     assert_broker_works(b.port()).await;
 }
+
+// ------------------------------------------------------------- acknowledgements
+
+/// Subscribes `sub` to `topic` at `qos`, publishes one message at `qos` from another
+/// client, and returns the packet id `sub` received it with.
+async fn one_delivery(b: &Broker, sub: &mut RawClient, topic: &str, qos: u8) -> u16 {
+    assert_eq!(sub.subscribe(1, topic, qos).await, vec![qos]);
+    let mut publ = RawClient::v311(b.port(), &format!("{topic}-pub")).await;
+    publ.send(&packet::publish(false, topic, qos, false, 1, &[], b"x"))
+        .await;
+    let p = sub.expect_publish().await;
+    assert_eq!(p.qos, qos);
+    p.packet_id
+}
+
+/// PUBACK answers a QoS 1 delivery only: acknowledging a QoS 2 delivery with it is a
+/// protocol error that closes the connection (MQTT 5 §4.3.3).
+#[tokio::test]
+async fn puback_for_a_qos2_delivery_gets_v5_disconnect_0x82() {
+    let b = Broker::start();
+    let mut c = RawClient::v5(b.port(), "ack2").await;
+    let id = one_delivery(&b, &mut c, "ack/q2", 2).await;
+    c.send(&packet::puback(id)).await;
+    expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+/// PUBREC answers a QoS 2 delivery only: for a QoS 1 delivery it is a protocol error
+/// (MQTT 5 §4.3.2).
+#[tokio::test]
+async fn pubrec_for_a_qos1_delivery_gets_v5_disconnect_0x82() {
+    let b = Broker::start();
+    let mut c = RawClient::v5(b.port(), "ack1").await;
+    let id = one_delivery(&b, &mut c, "ack/q1", 1).await;
+    c.send(&packet::ack(0x50, id)).await;
+    expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+/// The same for 3.1.1, which has no DISCONNECT from the server: the connection closes.
+#[tokio::test]
+async fn wrong_ack_kind_closes_311() {
+    let b = Broker::start();
+    let mut c = RawClient::v311(b.port(), "ack311").await;
+    let id = one_delivery(&b, &mut c, "ack/q311", 1).await;
+    c.send(&packet::ack(0x50, id)).await;
+    expect_silent_close(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
