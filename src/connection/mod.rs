@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use writer::{front_ticket, Outbound};
 
 mod handlers;
@@ -95,6 +95,12 @@ async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std:
 /// How long the cleanup waits for pending acks, and then for the last bytes to be
 /// written, before it gives up on a client.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+/// How long a connection that sent a DISCONNECT keeps reading (and discarding) after
+/// shutting down its write side, waiting for the client to close. Closing a socket
+/// with unread input makes the kernel send a reset, which can destroy the DISCONNECT
+/// before the client reads it.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(1);
 
 /// PUBACK, PUBREC, PUBREL or PUBCOMP without properties: the broker's acks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,7 +373,7 @@ impl Connection {
         }
         // Boxed: the cleanup's futures would otherwise be part of every connection's
         // task for its whole life.
-        Box::pin(self.finish(exit, refused, wr, ob, &broker)).await;
+        Box::pin(self.finish(exit, refused, rd, wr, ob, &broker)).await;
         metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
     }
 
@@ -394,16 +400,20 @@ impl Connection {
 
     /// After the read loop: send the acks still waiting for the disk, record attempts,
     /// detach the session (and end it or schedule its expiry), publish the will, then
-    /// flush and close the socket.
-    async fn finish<W>(
+    /// flush and close the socket (after a DISCONNECT, once the client closed too or
+    /// [`DISCONNECT_LINGER`] passed).
+    async fn finish<R, W>(
         &mut self,
         exit: Exit,
         refused: bool,
+        mut rd: ReadHalf<R>,
         mut wr: WriteHalf<W>,
         mut ob: Outbound,
         broker: &Arc<Broker>,
     ) where
+        R: AsyncRead,
         W: AsyncWrite,
+        ReadHalf<R>: Unpin,
         WriteHalf<W>: Unpin,
     {
         // Acks still waiting for the disk go out before the socket closes.
@@ -450,12 +460,14 @@ impl Connection {
         // The socket closes only after the session is detached (and, with expiry 0,
         // gone): a client that reconnects the moment it sees the close must not find
         // the old session still there [MQTT-3.1.2-23].
+        let mut disconnect_sent = false;
         if let Some(code) = exit.disconnect_code() {
             if self.version.is_v5() && !refused {
                 ob.packet(&Packet::Disconnect(Disconnect {
                     reason: code,
                     ..Disconnect::default()
                 }));
+                disconnect_sent = true;
             }
         }
         let closed = tokio::time::timeout(WRITER_DRAIN, async {
@@ -467,6 +479,20 @@ impl Connection {
         .await;
         if closed.is_err() {
             debug!("client did not take the last bytes in time; closing anyway");
+        } else if disconnect_sent {
+            // The write side is shut: the client reads the DISCONNECT, then the end of
+            // the stream. What it still sends is read and discarded until it closes, so
+            // that closing this socket does not reset the connection under the
+            // DISCONNECT it has not read yet.
+            let _ = tokio::time::timeout(DISCONNECT_LINGER, async {
+                let mut discard = [0u8; 1024];
+                while let Ok(n) = rd.read(&mut discard).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
     }
 
