@@ -158,16 +158,21 @@ async fn second_connect_gets_v5_protocol_error() {
     assert_broker_works(b.port()).await;
 }
 
+/// A CONNECT whose protocol name is not "MQTT" (nor 3.1's "MQIsdp") is not MQTT: the
+/// connection closes without a CONNACK [MQTT-3.1.2-1], unlike an unsupported level.
 #[tokio::test]
-async fn unknown_protocol_name_is_refused() {
+async fn unknown_protocol_name_closes_without_connack() {
     let b = Broker::start();
-    let mut c = RawClient::connect(b.port()).await;
-    let mut connect = Connect::v311("c").build();
-    // 10 0d 00 04 'M' 'Q' 'T' 'T' ...: make it "MQTX".
-    assert_eq!(&connect[4..8], b"MQTT");
-    connect[7] = b'X';
-    c.send(&connect).await;
-    expect_connect_refused(&mut c).await;
+    for (name, level) in [(b"MQTX", 4u8), (b"mqtt", 5), (b"MQTX", 5)] {
+        let mut c = RawClient::connect(b.port()).await;
+        let mut connect = Connect::v311("c").build();
+        // 10 0d 00 04 'M' 'Q' 'T' 'T' level ...
+        assert_eq!(&connect[4..8], b"MQTT");
+        connect[4..8].copy_from_slice(name);
+        connect[8] = level;
+        c.send(&connect).await;
+        expect_silent_close(&mut c).await;
+    }
     assert_broker_works(b.port()).await;
 }
 
@@ -284,7 +289,46 @@ async fn will_topic_with_wildcard_is_refused() {
     assert_broker_works(b.port()).await;
 }
 
+/// A will's Response Topic is a topic name: no wildcards [MQTT-3.3.2-14].
+#[tokio::test]
+async fn will_response_topic_with_wildcard_is_refused() {
+    let b = Broker::start();
+    for topic in ["reply/#", "reply/+/x"] {
+        let mut c = RawClient::connect(b.port()).await;
+        let mut will = Will::new("w/t", b"x");
+        will.props = vec![Prop::Str(packet::RESPONSE_TOPIC, topic.into())];
+        c.send(&Connect::v5("c").will(will).build()).await;
+        expect_connect_refused(&mut c).await;
+    }
+    assert_broker_works(b.port()).await;
+}
+
 // ------------------------------------------------------------- PUBLISH
+
+/// A Response Topic with a wildcard [MQTT-3.3.2-14] is a protocol error: DISCONNECT
+/// 0x82 (as mosquitto answers), and the message is neither acknowledged nor forwarded.
+#[tokio::test]
+async fn response_topic_with_wildcard_gets_v5_disconnect_0x82() {
+    let b = Broker::start();
+    let mut sub = RawClient::v5(b.port(), "rt-sub").await;
+    assert_eq!(sub.subscribe(1, "rt/req", 1).await, vec![1]);
+    for (i, topic) in ["reply/+", "reply/#", ""].into_iter().enumerate() {
+        let mut c = RawClient::v5(b.port(), &format!("rt-pub{i}")).await;
+        let props = [Prop::Str(packet::RESPONSE_TOPIC, topic.into())];
+        c.send(&packet::publish(true, "rt/req", 1, false, 1, &props, b"x"))
+            .await;
+        expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    }
+    // A valid one after them is the first (and only) message the subscriber gets.
+    let mut c = RawClient::v5(b.port(), "rt-pub-ok").await;
+    let props = [Prop::Str(packet::RESPONSE_TOPIC, "reply/ok".into())];
+    c.send(&packet::publish(true, "rt/req", 1, false, 1, &props, b"ok"))
+        .await;
+    c.expect(packet::PUBACK, "PUBACK").await;
+    let p = sub.expect_publish().await;
+    assert_eq!(p.payload, b"ok", "a refused message was forwarded");
+    assert_broker_works(b.port()).await;
+}
 
 #[tokio::test]
 async fn invalid_utf8_topic_closes() {
@@ -562,5 +606,74 @@ async fn oversized_connect_is_refused_from_its_header() {
     let mut c = RawClient::connect(b.port()).await;
     c.send(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await;
     expect_connect_refused(&mut c).await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- properties
+
+/// A property not allowed in its packet type makes the packet malformed: DISCONNECT
+/// 0x81 (MQTT 5 §2.2.2.2), not 0x82.
+#[tokio::test]
+async fn property_not_allowed_in_the_packet_gets_v5_disconnect_0x81() {
+    let b = Broker::start();
+    let mut c = v5(&b).await;
+    // SUBSCRIBE 1 with a Topic Alias property (PUBLISH only).
+    c.send(&packet::subscribe(
+        true,
+        1,
+        &[Prop::U16(packet::TOPIC_ALIAS, 1)],
+        &[("a", 0)],
+    ))
+    .await;
+    expect_v5_disconnect(&mut c, &[MALFORMED]).await;
+    assert_broker_works(b.port()).await;
+}
+
+// ------------------------------------------------------------- acknowledgements
+
+/// Subscribes `sub` to `topic` at `qos`, publishes one message at `qos` from another
+/// client, and returns the packet id `sub` received it with.
+async fn one_delivery(b: &Broker, sub: &mut RawClient, topic: &str, qos: u8) -> u16 {
+    assert_eq!(sub.subscribe(1, topic, qos).await, vec![qos]);
+    let mut publ = RawClient::v311(b.port(), &format!("{topic}-pub")).await;
+    publ.send(&packet::publish(false, topic, qos, false, 1, &[], b"x"))
+        .await;
+    let p = sub.expect_publish().await;
+    assert_eq!(p.qos, qos);
+    p.packet_id
+}
+
+/// PUBACK answers a QoS 1 delivery only: acknowledging a QoS 2 delivery with it is a
+/// protocol error that closes the connection (MQTT 5 §4.3.3).
+#[tokio::test]
+async fn puback_for_a_qos2_delivery_gets_v5_disconnect_0x82() {
+    let b = Broker::start();
+    let mut c = RawClient::v5(b.port(), "ack2").await;
+    let id = one_delivery(&b, &mut c, "ack/q2", 2).await;
+    c.send(&packet::puback(id)).await;
+    expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+/// PUBREC answers a QoS 2 delivery only: for a QoS 1 delivery it is a protocol error
+/// (MQTT 5 §4.3.2).
+#[tokio::test]
+async fn pubrec_for_a_qos1_delivery_gets_v5_disconnect_0x82() {
+    let b = Broker::start();
+    let mut c = RawClient::v5(b.port(), "ack1").await;
+    let id = one_delivery(&b, &mut c, "ack/q1", 1).await;
+    c.send(&packet::ack(0x50, id)).await;
+    expect_v5_disconnect(&mut c, &[PROTOCOL_ERROR]).await;
+    assert_broker_works(b.port()).await;
+}
+
+/// The same for 3.1.1, which has no DISCONNECT from the server: the connection closes.
+#[tokio::test]
+async fn wrong_ack_kind_closes_311() {
+    let b = Broker::start();
+    let mut c = RawClient::v311(b.port(), "ack311").await;
+    let id = one_delivery(&b, &mut c, "ack/q311", 1).await;
+    c.send(&packet::ack(0x50, id)).await;
+    expect_silent_close(&mut c).await;
     assert_broker_works(b.port()).await;
 }

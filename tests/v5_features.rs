@@ -365,3 +365,72 @@ async fn connack_announces_the_brokers_limits() {
         "{props:?}"
     );
 }
+
+/// The CONNACK respects the client's Maximum Packet Size [MQTT-3.1.2-24]: one that
+/// fits exactly is sent; when it cannot fit (its properties are all needed, none is
+/// optional [MQTT-3.2.2-19] [MQTT-3.2.2-20]) the connection closes without one.
+#[tokio::test]
+async fn connack_never_exceeds_the_client_maximum_packet_size() {
+    let broker = Broker::start();
+    let port = broker.port();
+    let (_c, ack) = RawClient::handshake(port, &Connect::v5("mps-probe")).await;
+    assert!(ack.body.len() < 128, "{ack:?}");
+    let size = 2 + ack.body.len() as u32;
+
+    let exact = Connect::v5("mps-fits").prop(Prop::U32(packet::MAXIMUM_PACKET_SIZE, size));
+    let (_c, ack) = RawClient::handshake(port, &exact).await;
+    assert_eq!(2 + ack.body.len() as u32, size);
+
+    let mut c = RawClient::connect(port).await;
+    let small = Connect::v5("mps-small").prop(Prop::U32(packet::MAXIMUM_PACKET_SIZE, size - 1));
+    c.send(&small.build()).await;
+    let got = c.expect_closed().await;
+    assert!(got.is_empty(), "a CONNACK over {} bytes: {got:?}", size - 1);
+    common::assert_broker_works(port).await;
+}
+
+/// After a server-initiated DISCONNECT the broker lets the client read it: a client
+/// that keeps sending (as Paho's flow-control test does) is not reset under it (a
+/// "broken pipe" on its next write) but reads DISCONNECT 0x93 and then the end of
+/// the stream.
+#[tokio::test]
+async fn disconnect_reaches_a_client_that_keeps_sending() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::start_with_config("[limits]\nreceive_maximum = 2\n");
+    let mut c = RawClient::v5(broker.port(), "rm-over").await;
+    // Three unreleased QoS 2 messages (one over Receive Maximum), and more after them
+    // that the broker will not process.
+    let mut bytes = Vec::new();
+    for id in 1..=10u16 {
+        bytes.extend(packet::publish(true, "rm/over", 2, false, id, &[], b"x"));
+    }
+    c.stream.write_all(&bytes).await.expect("PUBLISHes written");
+    // The client goes on sending for a while (well within the broker's one-second
+    // linger) before it reads: every write must succeed.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for i in 0..20 {
+        tick.tick().await;
+        if let Err(e) = c.stream.write_all(&packet::PINGREQ).await {
+            panic!("write {i} after the broker's DISCONNECT failed: {e}");
+        }
+    }
+    let mut got = Vec::new();
+    let end = loop {
+        let mut chunk = [0u8; 4096];
+        match common::within(common::WAIT, "read", c.stream.read(&mut chunk)).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let mut packets = Vec::new();
+    while let Some(p) = packet::take_packet(&mut got) {
+        packets.push(p);
+    }
+    let last = packets.last().cloned();
+    assert!(
+        matches!(&last, Some(p) if p.kind() == packet::DISCONNECT_TYPE && p.reason() == 0x93),
+        "expected DISCONNECT 0x93 last, got {packets:?} then {end:?}"
+    );
+    assert!(end.is_ok(), "the DISCONNECT was followed by {end:?}");
+}

@@ -4,6 +4,17 @@
 use super::writer::Outbound;
 use super::*;
 
+/// PUBACK answers only QoS 1 and PUBREC only QoS 2 (MQTT 5 §4.3.2, §4.3.3): the other
+/// is a protocol error, and the connection closes (v5: DISCONNECT 0x82).
+fn wrong_ack(packet: &str, packet_id: u16, qos: &str) -> Exit {
+    Exit::Refused {
+        code: reason::PROTOCOL_ERROR,
+        why: format!(
+            "{packet} for packet id {packet_id}, a {qos} delivery (MQTT 5 §4.3.2, §4.3.3)"
+        ),
+    }
+}
+
 /// What is left to do with a PUBLISH after [`Connection::on_publish`].
 pub(super) enum PublishNext {
     /// Nothing (answered or refused); why to stop, if it must.
@@ -38,6 +49,16 @@ impl Connection {
                     PublishNext::Route(routing) => self.route(routing, broker, ob).await,
                     PublishNext::Other(_) => None,
                 }
+            }
+            Packet::PubAck(a)
+                if self.session.inflight_qos(a.packet_id) == Some(QoS::ExactlyOnce) =>
+            {
+                return Some(wrong_ack("PUBACK", a.packet_id, "QoS 2"))
+            }
+            Packet::PubRec(a)
+                if self.session.inflight_qos(a.packet_id) == Some(QoS::AtLeastOnce) =>
+            {
+                return Some(wrong_ack("PUBREC", a.packet_id, "QoS 1"))
             }
             Packet::PubAck(a) => match self.session.puback(a.packet_id) {
                 Some(done) if done.durable => broker.ack_durable(&self.session, &done).await,

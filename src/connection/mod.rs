@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use writer::{front_ticket, Outbound};
 
 mod handlers;
@@ -93,6 +93,12 @@ async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std:
 /// How long the cleanup waits for pending acks, and then for the last bytes to be
 /// written, before it gives up on a client.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+/// How long a connection that sent a DISCONNECT keeps reading (and discarding) after
+/// shutting down its write side, waiting for the client to close. Closing a socket
+/// with unread input makes the kernel send a reset, which can destroy the DISCONNECT
+/// before the client reads it.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(1);
 
 /// PUBACK, PUBREC, PUBREL or PUBCOMP without properties: the broker's acks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,19 +167,26 @@ enum Exit {
     /// The store failed to make a message durable and the client cannot be told (3.x,
     /// or a PUBCOMP): it gets no ack and the connection closes.
     StoreFailed,
+    /// Even without its optional properties the CONNACK exceeds the client's Maximum
+    /// Packet Size: the connection closes without one [MQTT-3.1.2-24], and without the
+    /// will (the client was never told it is connected).
+    ConnAckTooLarge,
 }
 
 impl Exit {
     fn publishes_will(&self) -> bool {
         match self {
             Exit::Disconnect { will } => *will,
+            Exit::ConnAckTooLarge => false,
             _ => true,
         }
     }
 
     fn disconnect_code(&self) -> Option<u8> {
         match self {
-            Exit::Disconnect { .. } | Exit::Lost(_) | Exit::WriterGone => None,
+            Exit::Disconnect { .. } | Exit::Lost(_) | Exit::WriterGone | Exit::ConnAckTooLarge => {
+                None
+            }
             Exit::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
             Exit::Protocol(e) => Some(e.reason_code()),
             Exit::Refused { code, .. } => Some(*code),
@@ -316,9 +329,20 @@ impl Connection {
         let mut ob = Outbound::new(self.version, window);
         // Boxed: the commit's future is only needed once per connection.
         let refused = Box::pin(self.commit_handshake(&broker)).await;
-        // The CONNACK goes first.
-        ob.packet(&Packet::ConnAck((*self.connack).clone()));
-        let exit = if refused {
+        // The CONNACK goes first, if it fits the client's Maximum Packet Size.
+        let mut connack = (*self.connack).clone();
+        let fits = match self.session.max_packet_size() {
+            Some(max) if self.version.is_v5() => {
+                protocol::fit_connack(&mut connack, self.version, max as usize)
+            }
+            _ => true,
+        };
+        if fits {
+            ob.packet(&Packet::ConnAck(connack));
+        }
+        let exit = if !fits {
+            Exit::ConnAckTooLarge
+        } else if refused {
             Exit::Refused {
                 code: reason::SERVER_UNAVAILABLE,
                 why: "store unavailable".into(),
@@ -340,10 +364,14 @@ impl Connection {
             Exit::StoreFailed => {
                 warn!("the store failed; a message could not be acknowledged; closing")
             }
+            Exit::ConnAckTooLarge => warn!(
+                "[MQTT-3.1.2-24] the CONNACK exceeds the client's Maximum Packet Size; \
+                 closing without it"
+            ),
         }
         // Boxed: the cleanup's futures would otherwise be part of every connection's
         // task for its whole life.
-        Box::pin(self.finish(exit, refused, wr, ob, &broker)).await;
+        Box::pin(self.finish(exit, refused, rd, wr, ob, &broker)).await;
         metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
     }
 
@@ -372,16 +400,20 @@ impl Connection {
 
     /// After the read loop: send the acks still waiting for the disk, record attempts,
     /// detach the session (and end it or schedule its expiry), publish the will, then
-    /// flush and close the socket.
-    async fn finish<W>(
+    /// flush and close the socket (after a DISCONNECT, once the client closed too or
+    /// [`DISCONNECT_LINGER`] passed).
+    async fn finish<R, W>(
         &mut self,
         exit: Exit,
         refused: bool,
+        mut rd: ReadHalf<R>,
         mut wr: WriteHalf<W>,
         mut ob: Outbound,
         broker: &Arc<Broker>,
     ) where
+        R: AsyncRead,
         W: AsyncWrite,
+        ReadHalf<R>: Unpin,
         WriteHalf<W>: Unpin,
     {
         // Acks still waiting for the disk go out before the socket closes.
@@ -428,12 +460,14 @@ impl Connection {
         // The socket closes only after the session is detached (and, with expiry 0,
         // gone): a client that reconnects the moment it sees the close must not find
         // the old session still there [MQTT-3.1.2-23].
+        let mut disconnect_sent = false;
         if let Some(code) = exit.disconnect_code() {
             if self.version.is_v5() && !refused {
                 ob.packet(&Packet::Disconnect(Disconnect {
                     reason: code,
                     ..Disconnect::default()
                 }));
+                disconnect_sent = true;
             }
         }
         let closed = tokio::time::timeout(WRITER_DRAIN, async {
@@ -445,6 +479,20 @@ impl Connection {
         .await;
         if closed.is_err() {
             debug!("client did not take the last bytes in time; closing anyway");
+        } else if disconnect_sent {
+            // The write side is shut: the client reads the DISCONNECT, then the end of
+            // the stream. What it still sends is read and discarded until it closes, so
+            // that closing this socket does not reset the connection under the
+            // DISCONNECT it has not read yet.
+            let _ = tokio::time::timeout(DISCONNECT_LINGER, async {
+                let mut discard = [0u8; 1024];
+                while let Ok(n) = rd.read(&mut discard).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
     }
 

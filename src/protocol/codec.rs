@@ -20,7 +20,7 @@ mod write;
 
 pub use error::ProtocolError;
 
-use super::packet::{OutboundPublish, Packet, ProtocolVersion, Publish, QoS};
+use super::packet::{ConnAck, OutboundPublish, Packet, ProtocolVersion, Publish, QoS};
 use bytes::{Buf, BytesMut};
 use read::*;
 use wire::{read_varint, Reader, VarInt};
@@ -61,6 +61,13 @@ pub fn decode_any(
 /// acks carry no reason, DISCONNECT is the empty client form and AUTH writes nothing.
 pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
     write::packet(packet, version, out)
+}
+
+/// Makes a CONNACK fit the client's v5 Maximum Packet Size `max`, dropping the
+/// optional Reason String and User Properties if it must [MQTT-3.2.2-19] [MQTT-3.2.2-20].
+/// False when it cannot fit: the connection is then closed without it [MQTT-3.1.2-24].
+pub fn fit_connack(connack: &mut ConnAck, version: ProtocolVersion, max: usize) -> bool {
+    write::fit_connack(connack, version, max)
 }
 
 /// Total bytes [`encode`] writes for this PUBLISH at `version` (for the client's v5

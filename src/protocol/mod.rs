@@ -17,7 +17,7 @@ pub mod packet;
 pub mod reason;
 
 pub use codec::{
-    decode, decode_any, encode, encode_outbound, outbound_len, peek_connect_version, publish_len,
-    ProtocolError,
+    decode, decode_any, encode, encode_outbound, fit_connack, outbound_len, peek_connect_version,
+    publish_len, ProtocolError,
 };
 pub use packet::*;

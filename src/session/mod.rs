@@ -616,6 +616,21 @@ impl Session {
         self.settle(&mut st);
     }
 
+    /// The QoS of the inflight message with `packet_id`, if there is one: an ack of the
+    /// other flow's kind is a protocol error (MQTT 5 §4.3).
+    pub fn inflight_qos(&self, packet_id: u16) -> Option<QoS> {
+        let st = self.state.lock();
+        st.inflight
+            .iter()
+            .find(|e| e.packet_id == packet_id)
+            .map(|e| e.delivery.qos)
+    }
+
+    /// The client's v5 Maximum Packet Size, as the attached connection announced it.
+    pub fn max_packet_size(&self) -> Option<u32> {
+        self.state.lock().link.max_packet_size
+    }
+
     /// PUBACK from the subscriber: the QoS 1 message is done.
     pub fn puback(&self, packet_id: u16) -> Option<Delivery> {
         self.complete(packet_id, |s| s == Stage::Published, QoS::AtLeastOnce)

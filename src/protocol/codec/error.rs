@@ -48,6 +48,8 @@ pub enum ProtocolError {
     NullCharacter { field: &'static str },
 
     // ---- CONNECT --------------------------------------------------------------------
+    #[error("[MQTT-3.1.2-1] protocol name {0:?} is neither \"MQTT\" nor \"MQIsdp\"")]
+    InvalidProtocolName(String),
     #[error("[MQTT-3.1.2-2] unsupported protocol {name:?} level {level}")]
     UnsupportedProtocol { name: String, level: u8 },
     #[error("[MQTT-3.1.2-3] CONNECT reserved flag is set")]
@@ -78,6 +80,8 @@ pub enum ProtocolError {
     TopicAliasZero,
     #[error("[MQTT-3.3.4-6] client PUBLISH carries a subscription identifier")]
     SubscriptionIdFromClient,
+    #[error("[MQTT-3.3.2-14] response topic {0:?} is not a valid topic name")]
+    InvalidResponseTopic(String),
     #[error("[MQTT-3.3.2-4] payload format indicator is 1 but the payload is not UTF-8")]
     PayloadNotUtf8,
 
@@ -98,7 +102,7 @@ pub enum ProtocolError {
     // ---- properties and reason codes --------------------------------------------------
     #[error("[MQTT-2.2.2] unknown property identifier {id:#04x} in {packet}")]
     UnknownProperty { packet: &'static str, id: u8 },
-    #[error("[MQTT-2.2.2] property {name} is not allowed in {packet}")]
+    #[error("[MQTT-2.2.2.2] property {name} is not allowed in {packet}")]
     PropertyNotAllowed {
         packet: &'static str,
         name: &'static str,
@@ -129,7 +133,12 @@ impl ProtocolError {
             TopicAliasZero => reason::TOPIC_ALIAS_INVALID,
             PayloadNotUtf8 => reason::PAYLOAD_FORMAT_INVALID,
             WildcardInTopic(_) | InvalidWillTopic(_) => reason::TOPIC_NAME_INVALID,
-            FirstPacketNotConnect(_)
+            // The rule is on the string's meaning, not its encoding; mosquitto answers
+            // the same 0x82.
+            InvalidResponseTopic(_)
+            // Closed without a CONNACK [MQTT-3.1.2-1]; the code is never sent.
+            | InvalidProtocolName(_)
+            | FirstPacketNotConnect(_)
             | SecondConnect
             | AuthDataWithoutMethod
             | ServerOnlyPacket(_)
@@ -139,7 +148,6 @@ impl ProtocolError {
             | SubscribeNoFilters
             | UnsubscribeNoFilters
             | RetainHandling3
-            | PropertyNotAllowed { .. }
             | DuplicateProperty { .. }
             | InvalidPropertyValue { .. }
             | InvalidReasonCode { .. } => reason::PROTOCOL_ERROR,
@@ -161,6 +169,9 @@ impl ProtocolError {
             | SubscribeQoS3
             | SubscribeReservedBits(_)
             | UnknownProperty { .. }
+            // An identifier not valid for its packet type makes the packet malformed
+            // (MQTT 5 §2.2.2.2).
+            | PropertyNotAllowed { .. }
             | ConnAckReservedBits(_) => reason::MALFORMED_PACKET,
         }
     }

@@ -202,6 +202,46 @@ fn flag(r: &mut Reader<'_>, name: &'static str) -> Result<u8, ProtocolError> {
     Ok(v)
 }
 
+/// Reads and discards the value of property `id` (a known one), by its data type
+/// (MQTT 5 §2.2.2.2).
+fn skip_value(p: &mut Reader<'_>, id: u8, name: &'static str) -> Result<(), ProtocolError> {
+    match id {
+        PAYLOAD_FORMAT_INDICATOR
+        | REQUEST_PROBLEM_INFORMATION
+        | REQUEST_RESPONSE_INFORMATION
+        | MAXIMUM_QOS
+        | RETAIN_AVAILABLE
+        | WILDCARD_SUBSCRIPTION_AVAILABLE
+        | SUBSCRIPTION_IDENTIFIERS_AVAILABLE
+        | SHARED_SUBSCRIPTION_AVAILABLE => {
+            p.u8(name)?;
+        }
+        SERVER_KEEP_ALIVE | RECEIVE_MAXIMUM | TOPIC_ALIAS_MAXIMUM | TOPIC_ALIAS => {
+            p.u16(name)?;
+        }
+        MESSAGE_EXPIRY_INTERVAL
+        | SESSION_EXPIRY_INTERVAL
+        | WILL_DELAY_INTERVAL
+        | MAXIMUM_PACKET_SIZE => {
+            p.u32(name)?;
+        }
+        SUBSCRIPTION_IDENTIFIER => {
+            p.varint(name)?;
+        }
+        CORRELATION_DATA | AUTHENTICATION_DATA => {
+            p.binary(name)?;
+        }
+        USER_PROPERTY => {
+            p.string("user property name")?;
+            p.string("user property value")?;
+        }
+        _ => {
+            p.string(name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads a property length and the property block after it.
 pub(crate) fn parse(r: &mut Reader<'_>, ctx: Ctx) -> Result<Props, ProtocolError> {
     let len = r.varint("property length")? as usize;
@@ -215,6 +255,9 @@ pub(crate) fn parse(r: &mut Reader<'_>, ctx: Ctx) -> Result<Props, ProtocolError
         let id = p.u8("property identifier")?;
         let name = name(id).ok_or(ProtocolError::UnknownProperty { packet, id })?;
         if !allowed(ctx, id) {
+            // The value is read first, so a packet that ends inside it is refused for
+            // that; either way the packet is malformed (MQTT 5 §2.2.2.2).
+            skip_value(&mut p, id, name)?;
             return Err(ProtocolError::PropertyNotAllowed { packet, name });
         }
         let repeatable =

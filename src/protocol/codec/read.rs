@@ -104,19 +104,37 @@ fn has_wildcard(topic: &str) -> bool {
     topic.contains(['+', '#'])
 }
 
+/// A Response Topic (PUBLISH or will) is used as the topic name of the reply, so it
+/// must be one: not empty [MQTT-4.7.3-1] and without wildcards [MQTT-3.3.2-14]
+/// (UTF-8 and U+0000 were checked when it was read [MQTT-3.3.2-13]).
+fn check_response_topic(props: &Props) -> Result<(), ProtocolError> {
+    match &props.response_topic {
+        Some(t) if t.is_empty() || has_wildcard(t) => {
+            Err(ProtocolError::InvalidResponseTopic(t.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads the protocol name and level at the start of a CONNECT body.
 pub(crate) fn protocol_version(r: &mut Reader<'_>) -> Result<ProtocolVersion, ProtocolError> {
     let name = r.binary("protocol name")?;
     let level = r.u8("protocol level")?;
+    // Bounded: the name is the client's to choose and ends up in logs.
+    let shown = || String::from_utf8_lossy(&name[..name.len().min(16)]).into_owned();
     match (name, level) {
         (b"MQIsdp", 3) => Ok(ProtocolVersion::V3_1),
         (b"MQTT", 4) => Ok(ProtocolVersion::V3_1_1),
         (b"MQTT", 5) => Ok(ProtocolVersion::V5),
-        _ => Err(ProtocolError::UnsupportedProtocol {
-            // Bounded: the name is the client's to choose and ends up in logs.
-            name: String::from_utf8_lossy(&name[..name.len().min(16)]).into_owned(),
+        // A known name at another level is an MQTT client of an unsupported version:
+        // it is answered with CONNACK 0x01 / 0x84 [MQTT-3.1.2-2].
+        (b"MQTT" | b"MQIsdp", _) => Err(ProtocolError::UnsupportedProtocol {
+            name: shown(),
             level,
         }),
+        // Any other name is not MQTT: the connection is closed without a CONNACK
+        // [MQTT-3.1.2-1].
+        _ => Err(ProtocolError::InvalidProtocolName(shown())),
     }
 }
 
@@ -154,6 +172,7 @@ pub(crate) fn connect(body: &[u8]) -> Result<Connect, ProtocolError> {
 
     let will = if will_flag {
         let mut wp = v5_props(&mut r, v5, Ctx::Will)?;
+        check_response_topic(&wp)?;
         let topic = r.string("will topic")?;
         if topic.is_empty() || has_wildcard(&topic) {
             return Err(ProtocolError::InvalidWillTopic(topic));
@@ -276,6 +295,7 @@ fn publish(
     if from_client && !p.subscription_identifiers.is_empty() {
         return Err(ProtocolError::SubscriptionIdFromClient);
     }
+    check_response_topic(&p)?;
     if has_wildcard(&topic) {
         return Err(ProtocolError::WildcardInTopic(topic));
     }

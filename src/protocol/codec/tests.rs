@@ -486,19 +486,29 @@ fn mosquitto_v311_subscribe_session() {
 fn known_encodings() {
     let cases: Vec<(&str, Packet, ProtocolVersion, &str)> = vec![
         (
-            "v5 DISCONNECT is never shorter than e0 02 rc 00",
+            "v5 normal DISCONNECT without properties is empty [MQTT 5 §3.14.2.1]",
             Packet::Disconnect(Disconnect::default()),
             V5,
-            "e0 02 00 00",
+            "e0 00",
         ),
         (
-            "v5 DISCONNECT with reason",
+            "v5 DISCONNECT with reason and no properties has no property length \
+             [MQTT 5 §3.14.2.2.1]",
             Packet::Disconnect(Disconnect {
                 reason: 0x8e,
                 ..Default::default()
             }),
             V5,
-            "e0 02 8e 00",
+            "e0 01 8e",
+        ),
+        (
+            "v5 normal DISCONNECT with a property keeps its reason code",
+            Packet::Disconnect(Disconnect {
+                session_expiry_interval: Some(1),
+                ..Default::default()
+            }),
+            V5,
+            "e0 07 00 05 11 00 00 00 01",
         ),
         (
             "3.1.1 DISCONNECT",
@@ -507,10 +517,65 @@ fn known_encodings() {
             "e0 00",
         ),
         (
-            "v5 AUTH is always full",
+            "v5 AUTH success without properties is empty [MQTT 5 §3.15.2.1]",
             Packet::Auth(Auth::default()),
             V5,
-            "f0 02 00 00",
+            "f0 00",
+        ),
+        (
+            "v5 AUTH with reason and no properties has no property length \
+             [MQTT 5 §3.15.2.2.1]",
+            Packet::Auth(Auth {
+                reason: 0x18,
+                ..Default::default()
+            }),
+            V5,
+            "f0 01 18",
+        ),
+        (
+            "v5 PUBREC with reason and no properties has no property length \
+             [MQTT 5 §3.5.2.2.1]",
+            Packet::PubRec(PubResponse {
+                reason: 0x80,
+                ..PubResponse::success(2)
+            }),
+            V5,
+            "50 03 00 02 80",
+        ),
+        (
+            "v5 PUBREL success is short [MQTT 5 §3.6.2.1]",
+            Packet::PubRel(PubResponse::success(3)),
+            V5,
+            "62 02 00 03",
+        ),
+        (
+            "v5 PUBCOMP with reason and no properties has no property length",
+            Packet::PubComp(PubResponse {
+                reason: 0x92,
+                ..PubResponse::success(4)
+            }),
+            V5,
+            "70 03 00 04 92",
+        ),
+        (
+            "MQTT 3.1 CONNACK: the first byte is reserved, no session present (3.1 §3.2)",
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: reason::SUCCESS,
+                properties: ConnAckProperties::default(),
+            }),
+            V31,
+            "20 02 00 00",
+        ),
+        (
+            "3.1.1 CONNACK carries session present [MQTT-3.2.2-2]",
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: reason::SUCCESS,
+                properties: ConnAckProperties::default(),
+            }),
+            V311,
+            "20 02 01 00",
         ),
         ("3.x has no AUTH", Packet::Auth(Auth::default()), V311, ""),
         (
@@ -648,6 +713,46 @@ fn known_encodings() {
     for (what, p, v, want) in cases {
         assert_eq!(enc(&p, v), hex(want), "{what}");
     }
+}
+
+/// A CONNACK larger than the client's Maximum Packet Size loses its Reason String
+/// first [MQTT-3.2.2-19], then its User Properties [MQTT-3.2.2-20]; the other
+/// properties are never dropped, and when it still does not fit it is not sent
+/// [MQTT-3.1.2-24].
+#[test]
+fn connack_is_fitted_to_the_client_maximum_packet_size() {
+    let full = ConnAck {
+        session_present: false,
+        code: reason::SUCCESS,
+        properties: ConnAckProperties {
+            receive_maximum: Some(10),
+            reason_string: Some("why".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        },
+    };
+    let len = |c: &ConnAck| enc(&Packet::ConnAck(c.clone()), V5).len();
+    let mut no_reason = full.clone();
+    no_reason.properties.reason_string = None;
+    let mut bare = no_reason.clone();
+    bare.properties.user_properties.clear();
+    assert!(len(&bare) < len(&no_reason) && len(&no_reason) < len(&full));
+
+    let mut c = full.clone();
+    assert!(fit_connack(&mut c, V5, len(&full)), "fits as it is");
+    assert_eq!(c, full);
+
+    let mut c = full.clone();
+    assert!(fit_connack(&mut c, V5, len(&full) - 1));
+    assert_eq!(c, no_reason, "the reason string goes first");
+
+    let mut c = full.clone();
+    assert!(fit_connack(&mut c, V5, len(&no_reason) - 1));
+    assert_eq!(c, bare, "then the user properties");
+
+    let mut c = full.clone();
+    assert!(!fit_connack(&mut c, V5, len(&bare) - 1), "no CONNACK fits");
+    assert!(enc(&Packet::ConnAck(c), V5).len() > len(&bare) - 1);
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! Each packet body is written through a [`Sink`] twice: into a counter for the
 //! remaining length (and [`publish_len`]) and into the output, so the two cannot
 //! disagree. Version differences live here: 3.x gets no properties, CONNACK return
-//! codes and SUBACK failures mapped down, short acks; v5 acks use the 2-byte form only
-//! for plain success, and DISCONNECT/AUTH always carry reason code and property length.
+//! codes and SUBACK failures mapped down, short acks; v5 acks, DISCONNECT and AUTH use
+//! their shortest form (no reason code for plain success, no property length when
+//! there are no properties).
 //! Called only by `codec.rs`.
 
 use super::properties::{self as prop, block};
@@ -115,7 +116,7 @@ fn body(packet: &Packet, version: ProtocolVersion, s: &mut dyn Sink) {
     let v5 = version.is_v5();
     match packet {
         Packet::Connect(c) => connect(c, version, s),
-        Packet::ConnAck(c) => connack(c, v5, s),
+        Packet::ConnAck(c) => connack(c, version, s),
         Packet::Publish(p) => publish(p, v5, s),
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             pub_response(r, v5, s)
@@ -214,10 +215,12 @@ fn connect(c: &Connect, version: ProtocolVersion, s: &mut dyn Sink) {
     }
 }
 
-fn connack(c: &ConnAck, v5: bool, s: &mut dyn Sink) {
-    // Session present must be 0 with a failure code [MQTT-3.2.2-4] (v5: -6).
-    s.u8(u8::from(c.session_present && c.code == reason::SUCCESS));
-    if !v5 {
+fn connack(c: &ConnAck, version: ProtocolVersion, s: &mut dyn Sink) {
+    // Session present must be 0 with a failure code [MQTT-3.2.2-4] (v5: -6). MQTT 3.1
+    // has no session present flag: its first byte is reserved and 0 (3.1 §3.2).
+    let present = c.session_present && c.code == reason::SUCCESS;
+    s.u8(u8::from(present && version != ProtocolVersion::V3_1));
+    if !version.is_v5() {
         s.u8(reason::connack_return_code_v3(c.code));
         return;
     }
@@ -363,20 +366,36 @@ fn unsuback(a: &UnsubAck, v5: bool, s: &mut dyn Sink) {
     }
 }
 
-/// Always the full form `e0 len rc props…` (never shorter than `e0 02 rc 00`).
+/// The shortest form (MQTT 5 §3.14.2.1, §3.14.2.2.1): `e0 00` for a normal
+/// disconnection without properties, `e0 01 rc` for a reason without properties, else
+/// `e0 len rc props…`.
 fn disconnect(d: &Disconnect, s: &mut dyn Sink) {
-    s.u8(d.reason);
-    block(s, &|s| {
+    let body = |s: &mut dyn Sink| {
         prop::four(s, prop::SESSION_EXPIRY_INTERVAL, d.session_expiry_interval);
         prop::string(s, prop::REASON_STRING, d.reason_string.as_deref());
         prop::users(s, &d.user_properties);
         prop::string(s, prop::SERVER_REFERENCE, d.server_reference.as_deref());
-    });
+    };
+    reason_then_props(s, d.reason, &body);
 }
 
+/// A reason code and a property block, each left out when it says nothing: no
+/// property length when there are no properties, and then no reason code either when
+/// it is 0x00 (DISCONNECT §3.14.2, AUTH §3.15.2).
+fn reason_then_props(s: &mut dyn Sink, code: u8, body: &dyn Fn(&mut dyn Sink)) {
+    let has_props = measure(|c| body(c)) > 0;
+    if code == reason::SUCCESS && !has_props {
+        return;
+    }
+    s.u8(code);
+    if has_props {
+        block(s, body);
+    }
+}
+
+/// The shortest form, as DISCONNECT's (MQTT 5 §3.15.2.1, §3.15.2.2.1).
 fn auth(a: &Auth, s: &mut dyn Sink) {
-    s.u8(a.reason);
-    block(s, &|s| {
+    reason_then_props(s, a.reason, &|s| {
         prop::string(
             s,
             prop::AUTHENTICATION_METHOD,
@@ -386,6 +405,25 @@ fn auth(a: &Auth, s: &mut dyn Sink) {
         prop::string(s, prop::REASON_STRING, a.reason_string.as_deref());
         prop::users(s, &a.user_properties);
     });
+}
+
+/// Makes `c` fit the client's Maximum Packet Size at `version`: drops the Reason String
+/// [MQTT-3.2.2-19], then the User Properties [MQTT-3.2.2-20], while it is too large.
+/// Returns false when even that is too large: no CONNACK may be sent [MQTT-3.1.2-24].
+pub(crate) fn fit_connack(c: &mut ConnAck, version: ProtocolVersion, max: usize) -> bool {
+    let len = |c: &ConnAck| {
+        let body = measure(|s| connack(c, version, s));
+        1 + varint_len(body) + body
+    };
+    if len(c) <= max {
+        return true;
+    }
+    c.properties.reason_string = None;
+    if len(c) <= max {
+        return true;
+    }
+    c.properties.user_properties.clear();
+    len(c) <= max
 }
 
 #[cfg(test)]

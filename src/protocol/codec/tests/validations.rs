@@ -258,11 +258,18 @@ fn connect_validations() {
             unsupported,
         ),
         case(
-            "unknown name",
+            "unknown name: not MQTT, closed without a CONNACK",
             None,
             conn("HTTP", 4, 2, &[], &id),
-            "[MQTT-3.1.2-2]",
-            unsupported,
+            "[MQTT-3.1.2-1]",
+            PROTOCOL,
+        ),
+        case(
+            "MQTT in lower case",
+            None,
+            conn("mqtt", 5, 2, &[], &id),
+            "[MQTT-3.1.2-1]",
+            PROTOCOL,
         ),
         case(
             "reserved flag",
@@ -392,8 +399,8 @@ fn connect_validations() {
             "will delay in CONNECT properties",
             None,
             conn5(&hex("18 00 00 00 01")),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "session expiry in will properties",
@@ -405,8 +412,8 @@ fn connect_validations() {
                 &[],
                 &cat(&[&id, &props(&hex("11 00 00 00 01")), &s("w"), &s("x")]),
             ),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
     ]);
 }
@@ -415,7 +422,7 @@ fn connect_validations() {
 fn unsupported_protocol_name_is_bounded_in_the_error() {
     let long = "M".repeat(1000);
     let e = dec(&conn(&long, 4, 2, &[], &s("c")), None).expect_err("unsupported");
-    assert_eq!(e.reason_code(), reason::UNSUPPORTED_PROTOCOL_VERSION);
+    assert!(matches!(e, ProtocolError::InvalidProtocolName(_)), "{e}");
     assert!(e.to_string().len() < 100, "{e}");
 }
 
@@ -476,8 +483,8 @@ fn property_validations() {
             "topic alias in CONNECT",
             None,
             conn5(&hex("23 00 01")),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "unknown property",
@@ -567,25 +574,81 @@ fn property_validations() {
             MALFORMED,
         ),
         case(
+            "response topic with +",
+            v5,
+            pub5("t", &cat(&[&[0x08], &s("reply/+/x")]), b"x"),
+            "[MQTT-3.3.2-14]",
+            PROTOCOL,
+        ),
+        case(
+            "response topic with #",
+            v5,
+            pub5("t", &cat(&[&[0x08], &s("reply/#")]), b"x"),
+            "[MQTT-3.3.2-14]",
+            PROTOCOL,
+        ),
+        case(
+            "empty response topic",
+            v5,
+            pub5("t", &cat(&[&[0x08], &s("")]), b"x"),
+            "[MQTT-3.3.2-14]",
+            PROTOCOL,
+        ),
+        case(
+            "will response topic with #",
+            None,
+            conn(
+                "MQTT",
+                5,
+                0x06,
+                &[],
+                &cat(&[
+                    &s("c"),
+                    &props(&cat(&[&[0x08], &s("r/#")])),
+                    &s("w"),
+                    &s("x"),
+                ]),
+            ),
+            "[MQTT-3.3.2-14]",
+            PROTOCOL,
+        ),
+        case(
             "session expiry in PUBLISH",
             v5,
             pub5("t", &hex("11 00 00 00 01"), b"x"),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "reason string in PUBLISH",
             v5,
             pub5("t", &cat(&[&[0x1f], &s("r")]), b"x"),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "topic alias in PUBACK",
             v5,
             frame(0x40, &cat(&[&[0, 1, 0], &props(&hex("23 00 01"))])),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
+        ),
+        case(
+            "topic alias in PUBACK, its value missing: read as a value first",
+            v5,
+            frame(0x40, &cat(&[&[0, 1, 0], &props(&hex("23 00"))])),
+            "[MQTT-2.1.4]",
+            MALFORMED,
+        ),
+        case(
+            "correlation data in SUBSCRIBE, cut inside its value",
+            v5,
+            frame(
+                0x82,
+                &cat(&[&[0, 1], &props(&hex("09 00 05 61")), &s("a"), &[0]]),
+            ),
+            "[MQTT-2.1.4]",
+            MALFORMED,
         ),
         case(
             "reason string twice in PUBACK",
@@ -614,15 +677,15 @@ fn property_validations() {
                 0xa2,
                 &cat(&[&[0, 1], &props(&cat(&[&[0x1f], &s("r")])), &s("a")]),
             ),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "topic alias in DISCONNECT",
             v5,
             frame(0xe0, &cat(&[&[0], &props(&hex("23 00 01"))])),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "session expiry twice in DISCONNECT",
@@ -638,8 +701,8 @@ fn property_validations() {
             "session expiry in AUTH",
             v5,
             frame(0xf0, &cat(&[&[0x18], &props(&hex("11 00 00 00 01"))])),
-            "[MQTT-2.2.2]",
-            PROTOCOL,
+            "[MQTT-2.2.2.2]",
+            MALFORMED,
         ),
         case(
             "PUBACK reason 0x05",
