@@ -11,6 +11,8 @@ mod cluster_support;
 mod common;
 
 use cluster_support::{node_config, NatsCluster};
+use common::packet::{self, Prop};
+use common::raw::RawClient;
 use common::rumq::v4::{self, QoS};
 use common::Broker;
 use std::collections::{BTreeMap, BTreeSet};
@@ -606,4 +608,53 @@ async fn overlapping_filters_on_one_node_get_each_cross_node_message_once() {
         let unique: BTreeSet<String> = counts.keys().map(|p| p.to_string()).collect();
         assert_eq!(unique, expected, "what {name} received");
     }
+}
+
+/// A client's own overlapping subscriptions have different subjects, so its node gets a
+/// copy per subscription: each serves its own subscription, with that one's QoS and
+/// identifier (MQTT 5.0 §3.3.4 allows a copy per matching subscription, each carrying
+/// only its own identifier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_subscriptions_of_one_client_get_a_copy_each_with_their_own_identifier() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsCluster::start(3);
+    let nodes = start_nodes(&nats, "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut c = RawClient::v5(b.port(), "ids-b").await;
+    let sid = |n| [Prop::Var(packet::SUBSCRIPTION_ID, n)];
+    assert_eq!(c.subscribe_with(1, &sid(7), "o/+", 0).await, vec![0]);
+    assert_eq!(c.subscribe_with(2, &sid(300), "o/#", 1).await, vec![1]);
+
+    let mut publisher = v4::connect(a.port(), "ids-pub").await;
+    publisher
+        .publish("o/a", QoS::AtLeastOnce, false, "both")
+        .await;
+    publisher
+        .publish("o/a", QoS::AtLeastOnce, false, "end")
+        .await;
+    // Each subscription's copies arrive in publish order: once "end" has come through
+    // both, every copy of "both" has arrived.
+    let mut both = Vec::new();
+    let mut end_ids = BTreeSet::new();
+    while end_ids != BTreeSet::from([7, 300]) {
+        let p = c.expect_publish().await;
+        if p.qos > 0 {
+            c.send(&packet::puback(p.packet_id)).await;
+        }
+        let ids: Vec<u32> = p
+            .props_with(packet::SUBSCRIPTION_ID)
+            .into_iter()
+            .filter_map(|prop| match prop {
+                Prop::Var(_, v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        match &p.payload[..] {
+            b"end" => end_ids.extend(ids),
+            b"both" => both.push((p.qos, ids)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    both.sort();
+    assert_eq!(both, vec![(0, vec![7]), (1, vec![300])]);
 }
