@@ -473,22 +473,35 @@ impl Broker {
         &self,
         env: &Envelope,
         node: &str,
-        mode: RemoteMode,
+        mode: RemoteMode<'_>,
     ) -> Result<Vec<CommitTicket>, StoreError> {
         let message = Arc::new(env.to_message(self.next_message_id()));
-        let mut share_here =
-            |share: &str| env.assignments.iter().any(|(s, n)| s == share && n == node);
-        let mut targets = self.router.route_with(&message, &mut share_here);
-        targets.retain(|(session, delivery)| {
-            if self.is_dead_letter_session(&session.client_id) {
-                return false;
-            }
-            let durable = delivery.qos != QoS::AtMostOnce && session.is_persistent();
-            match mode {
-                RemoteMode::Core { skip_durable } => !(skip_durable && durable),
-                RemoteMode::Durable => durable,
-            }
-        });
+        let targets = {
+            let mut share_here =
+                |share: &str| env.assignments.iter().any(|(s, n)| s == share && n == node);
+            let all = |_: &str| true;
+            let serves: &(dyn Fn(&str) -> bool + Sync) = match &mode {
+                RemoteMode::Core { serves, .. } => *serves,
+                RemoteMode::Durable => &all,
+            };
+            self.router.route_part(&message, &mut share_here, serves)
+        };
+        let mut targets: Vec<(Arc<Session>, Delivery)> = targets
+            .into_iter()
+            .filter(|t| {
+                if self.is_dead_letter_session(&t.session.client_id) {
+                    return false;
+                }
+                // Whether the inbox copy serves the session: judged on every
+                // subscription it has, as the inbox copy is routed.
+                let durable = t.overall_qos != QoS::AtMostOnce && t.session.is_persistent();
+                match mode {
+                    RemoteMode::Core { skip_durable, .. } => !(skip_durable && durable),
+                    RemoteMode::Durable => durable,
+                }
+            })
+            .map(|t| (t.session, t.delivery))
+            .collect();
         let mut records = Vec::new();
         for (session, delivery) in targets.iter_mut() {
             if delivery.qos != QoS::AtMostOnce && session.is_persistent() {

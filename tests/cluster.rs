@@ -11,6 +11,8 @@ mod cluster_support;
 mod common;
 
 use cluster_support::{node_config, NatsCluster};
+use common::packet::{self, Prop};
+use common::raw::RawClient;
 use common::rumq::v4::{self, QoS};
 use common::Broker;
 use std::collections::{BTreeMap, BTreeSet};
@@ -510,4 +512,149 @@ async fn a_session_taken_over_while_its_node_was_down_gets_its_queue_when_the_no
         "session was taken over while this node was down",
         CLUSTER_WAIT,
     );
+}
+
+/// Reads `client`'s messages up to and including the first `stop`; returns their payloads.
+async fn recv_until(client: &mut v4::Client, stop: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let p = client.recv().await;
+        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+        let done = payload == stop;
+        out.push(payload);
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_filters_on_one_node_get_each_cross_node_message_once() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsCluster::start(3);
+    let nodes = start_nodes(&nats, "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // On B, subscriptions whose NATS subjects overlap (`o.>`, `o.*.t`, `o.1.t`): plain
+    // ones, a persistent one (served through B's durable inbox at QoS 1) and a shared
+    // group whose only member is on B.
+    let mut x = v4::connect(b.port(), "over-x").await;
+    x.subscribe("o/#", QoS::AtLeastOnce).await;
+    let mut y = v4::connect(b.port(), "over-y").await;
+    y.subscribe("o/+/t", QoS::AtLeastOnce).await;
+    let mut z = v4::connect(b.port(), "over-z").await;
+    z.subscribe("o/1/t", QoS::AtLeastOnce).await;
+    let mut opts = v4::options(b.port(), "over-d");
+    opts.set_clean_session(false);
+    let (mut d, _) = v4::connect_with(opts).await;
+    d.subscribe("o/+/t", QoS::AtLeastOnce).await;
+    let mut s = v4::connect(b.port(), "over-s").await;
+    s.subscribe("$share/g/o/#", QoS::AtLeastOnce).await;
+    // A must know of the durable subscriber (to use B's inbox) and of the group (to
+    // assign it to B).
+    wait_interest(a, "b", "o/+/t", true);
+    wait_interest(a, "b", "$share/g/o/#", false);
+
+    // 100 messages from A, QoS 1 and QoS 0 alternately, then a marker matching every
+    // filter above.
+    let mut publisher = v4::connect(a.port(), "over-pub").await;
+    for i in 0..100 {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        publisher
+            .publish(&format!("o/{i}/t"), qos, false, format!("m{i}"))
+            .await;
+    }
+    publisher
+        .publish("o/1/t", QoS::AtLeastOnce, false, "marker")
+        .await;
+    let mut got: Vec<(&str, &mut v4::Client, Vec<String>)> = vec![
+        ("x", &mut x, Vec::new()),
+        ("y", &mut y, Vec::new()),
+        ("z", &mut z, Vec::new()),
+        ("d", &mut d, Vec::new()),
+        ("s", &mut s, Vec::new()),
+    ];
+    for (_, client, seen) in got.iter_mut() {
+        seen.extend(recv_until(client, "marker").await);
+    }
+    // Every NATS subscription of B has now handled the marker (x, y and z are each served
+    // through a different one), so every copy of an earlier message is already queued
+    // for its session. A second marker queued after them is delivered after them: what
+    // arrives before it is all that will ever arrive.
+    publisher
+        .publish("o/1/t", QoS::AtLeastOnce, false, "end")
+        .await;
+    for (_, client, seen) in got.iter_mut() {
+        seen.extend(recv_until(client, "end").await);
+    }
+
+    let all: BTreeSet<String> = (0..100).map(|i| format!("m{i}")).collect();
+    for (name, _, seen) in &got {
+        let mut expected: BTreeSet<String> = match *name {
+            "z" => ["m1".to_string()].into(),
+            _ => all.clone(),
+        };
+        expected.extend(["marker".to_string(), "end".to_string()]);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in seen {
+            *counts.entry(p.as_str()).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{name} got duplicates: {twice:?}");
+        let unique: BTreeSet<String> = counts.keys().map(|p| p.to_string()).collect();
+        assert_eq!(unique, expected, "what {name} received");
+    }
+}
+
+/// A client's own overlapping subscriptions have different subjects, so its node gets a
+/// copy per subscription: each serves its own subscription, with that one's QoS and
+/// identifier (MQTT 5.0 §3.3.4 allows a copy per matching subscription, each carrying
+/// only its own identifier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_subscriptions_of_one_client_get_a_copy_each_with_their_own_identifier() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsCluster::start(3);
+    let nodes = start_nodes(&nats, "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut c = RawClient::v5(b.port(), "ids-b").await;
+    let sid = |n| [Prop::Var(packet::SUBSCRIPTION_ID, n)];
+    assert_eq!(c.subscribe_with(1, &sid(7), "o/+", 0).await, vec![0]);
+    assert_eq!(c.subscribe_with(2, &sid(300), "o/#", 1).await, vec![1]);
+
+    let mut publisher = v4::connect(a.port(), "ids-pub").await;
+    publisher
+        .publish("o/a", QoS::AtLeastOnce, false, "both")
+        .await;
+    publisher
+        .publish("o/a", QoS::AtLeastOnce, false, "end")
+        .await;
+    // Each subscription's copies arrive in publish order: once "end" has come through
+    // both, every copy of "both" has arrived.
+    let mut both = Vec::new();
+    let mut end_ids = BTreeSet::new();
+    while end_ids != BTreeSet::from([7, 300]) {
+        let p = c.expect_publish().await;
+        if p.qos > 0 {
+            c.send(&packet::puback(p.packet_id)).await;
+        }
+        let ids: Vec<u32> = p
+            .props_with(packet::SUBSCRIPTION_ID)
+            .into_iter()
+            .filter_map(|prop| match prop {
+                Prop::Var(_, v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        match &p.payload[..] {
+            b"end" => end_ids.extend(ids),
+            b"both" => both.push((p.qos, ids)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    both.sort();
+    assert_eq!(both, vec![(0, vec![7]), (1, vec![300])]);
 }

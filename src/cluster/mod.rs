@@ -10,6 +10,11 @@
 //! - `<p>.m.<topic levels>` (core): every message, published once by its origin node. Each
 //!   node subscribes to the subjects of exactly its local filters (see [`subject`]), so
 //!   NATS carries a message only to nodes with a matching subscriber. At most once.
+//!   A node's subjects overlap (`o/#` and `o/+/t` are `<p>.m.o.>` and `<p>.m.o.*.t`, both
+//!   carrying `o/1/t`), and NATS delivers one copy per matching subscription: each copy
+//!   serves only the local filters among whose subjects is the subscription it arrived
+//!   on ([`subject::filter_has_subject`]). A filter's own subjects never overlap, so each
+//!   local subscription gets each message once.
 //! - stream `<p>-queue`, subjects `<p>.q.<node>` (JetStream, file storage, `replicas`):
 //!   a node's durable inbox. When a QoS ≥ 1 message matches a persistent session on node
 //!   N, the origin also publishes it to `<p>.q.N` and the publisher's PUBACK waits for
@@ -25,6 +30,24 @@
 //!   on another node asks the owner over `<p>.node.<owner>.takeover` (request/reply) to
 //!   disconnect its client (0x8E) and hand the session over: subscriptions in the reply,
 //!   queued messages through the new owner's inbox.
+//!
+//! Why copies are split by subscription rather than one copy per node being chosen (a
+//! dedupe window over message ids, a "canonical" subscription per topic, or a NATS queue
+//! group spanning the node's subjects): any choice of one copy depends on which
+//! subscriptions NATS held when the message was published, which the receiver cannot
+//! know while filters come and go. It would then drop a message a steady filter should
+//! get (its one copy went to a subscription being removed, whose in-flight messages the
+//! client discards, or was skipped in favour of a subscription that never got it), or
+//! deliver it twice, or need a window whose size is a guess. Split by subscription, a
+//! filter's copy exists whenever its subject was subscribed when the message was
+//! published (the SUBACK waits for that), and adding or removing a subject touches only
+//! the filters that use it. What it costs: one client whose own overlapping
+//! subscriptions have different subjects gets one copy per subscription, each with that
+//! subscription's QoS and identifier, as MQTT allows (3.1.1 §3.3.5, 5.0 §3.3.4), where a
+//! single node gives one merged copy. A persistent session the durable inbox serves is
+//! skipped on every core copy, judged on all its subscriptions, and gets the one merged
+//! inbox copy. Shared groups are served by the copy of the group's filter; retained
+//! messages and the inbox do not travel on these subjects.
 
 pub mod envelope;
 pub mod interest;
@@ -655,8 +678,10 @@ impl Cluster {
         tickets
     }
 
-    /// Handles a message another node published on a subject this node subscribes to.
-    async fn on_core(&self, broker: &Broker, payload: Bytes) {
+    /// Handles a message another node published, received on this node's subscription
+    /// to `subject`: it serves the local filters `subject` carries, and only them (the
+    /// node's other subscriptions that match the message receive their own copies).
+    async fn on_core(&self, broker: &Broker, subject: &str, payload: Bytes) {
         let env = match Envelope::decode(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -669,7 +694,11 @@ impl Cluster {
         }
         metrics::counter!(metric::CLUSTER_RECEIVED, "path" => "core").increment(1);
         let skip_durable = env.durable_nodes.iter().any(|n| *n == *self.node);
-        let mode = RemoteMode::Core { skip_durable };
+        let serves = |filter: &str| subject::filter_has_subject(&self.prefix, filter, subject);
+        let mode = RemoteMode::Core {
+            skip_durable,
+            serves: &serves,
+        };
         if let Err(e) = broker.accept_remote(&env, &self.node, mode).await {
             warn!(error = %e, topic = %env.topic, "message from another node not delivered");
         }
@@ -677,12 +706,17 @@ impl Cluster {
 }
 
 /// How a message from another node is delivered here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemoteMode {
-    /// The core copy: every local subscriber, except (when the origin also sent it to
-    /// this node's durable inbox) the persistent QoS ≥ 1 ones.
-    Core { skip_durable: bool },
-    /// The inbox copy: only persistent QoS ≥ 1 subscribers.
+#[derive(Clone, Copy)]
+pub enum RemoteMode<'a> {
+    /// A core copy, received on one of this node's NATS subscriptions: the local
+    /// subscriptions whose filters that subscription carries (`serves`), except (when
+    /// the origin also sent the message to this node's durable inbox) those of
+    /// persistent sessions the inbox copy serves at QoS ≥ 1.
+    Core {
+        skip_durable: bool,
+        serves: &'a (dyn Fn(&str) -> bool + Sync),
+    },
+    /// The inbox copy: only persistent QoS ≥ 1 subscribers, all their subscriptions.
     Durable,
 }
 
@@ -884,9 +918,10 @@ impl LocalInterest {
             Ok(mut sub) => {
                 let c = Arc::clone(cluster);
                 let b = Arc::clone(broker);
+                let subject = s.clone();
                 let task = tokio::spawn(async move {
                     while let Some(msg) = sub.next().await {
-                        c.on_core(&b, msg.payload).await;
+                        c.on_core(&b, &subject, msg.payload).await;
                     }
                 });
                 self.subjects.insert(s, (1, task.abort_handle()));

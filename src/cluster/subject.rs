@@ -13,6 +13,9 @@
 //! `$share/group/f` is the subjects of `f`. NATS wildcards know nothing of MQTT's `$`
 //! rule (`#` does not match `$SYS/...`), so a receiving node matches every message
 //! again against its own subscriptions; the subjects only decide which nodes see it.
+//! A filter's subjects never overlap one another, so a node that receives a copy per
+//! matching subscription serves each filter from exactly one copy: the one that came on
+//! a subject [`filter_has_subject`] says is the filter's.
 
 use std::fmt::Write;
 
@@ -97,10 +100,7 @@ pub fn subject_to_topic(prefix: &str, subject: &str) -> Result<String, SubjectEr
 /// The NATS subjects that together carry every topic `filter` (a valid MQTT filter,
 /// possibly `$share/group/...`) matches.
 pub fn filter_to_subjects(prefix: &str, filter: &str) -> Vec<String> {
-    let filter = match filter.strip_prefix("$share/") {
-        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
-        None => filter,
-    };
+    let filter = without_share(filter);
     let mut base = String::with_capacity(prefix.len() + 3 + filter.len() + 8);
     base.push_str(prefix);
     base.push_str(".m");
@@ -122,6 +122,71 @@ pub fn filter_to_subjects(prefix: &str, filter: &str) -> Vec<String> {
         }
     }
     vec![base]
+}
+
+/// A shared subscription's filter without its `$share/group/`.
+fn without_share(filter: &str) -> &str {
+    match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+        None => filter,
+    }
+}
+
+/// Whether `subject` is one of [`filter_to_subjects`]`(prefix, filter)`, decided
+/// without building them: it runs for every subscription a received message matches.
+pub fn filter_has_subject(prefix: &str, filter: &str, subject: &str) -> bool {
+    let Some(mut rest) = subject
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix(".m"))
+    else {
+        return false;
+    };
+    let mut levels = without_share(filter).split('/').enumerate().peekable();
+    while let Some((i, level)) = levels.next() {
+        if level == "#" && levels.peek().is_none() {
+            // `a/#` is carried by `a.>` and by `a`; a lone `#` by `>` only.
+            return rest == ".>" || (i > 0 && rest.is_empty());
+        }
+        let Some(r) = rest.strip_prefix('.') else {
+            return false;
+        };
+        let (token, after) = r.find('.').map_or((r, ""), |j| r.split_at(j));
+        let same = if level == "+" {
+            token == "*"
+        } else {
+            token_is_level(token, level)
+        };
+        if !same {
+            return false;
+        }
+        rest = after;
+    }
+    rest.is_empty()
+}
+
+/// Whether `token` is what [`push_level`] writes for `level`.
+fn token_is_level(token: &str, level: &str) -> bool {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if level.is_empty() {
+        return token == "%";
+    }
+    let t = token.as_bytes();
+    let mut j = 0;
+    for &b in level.as_bytes() {
+        if is_plain(b) {
+            if t.get(j) != Some(&b) {
+                return false;
+            }
+            j += 1;
+        } else {
+            let escaped = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+            if t.get(j..j + 3) != Some(&escaped[..]) {
+                return false;
+            }
+            j += 3;
+        }
+    }
+    j == t.len()
 }
 
 /// Whether `name` can be one NATS token (node names, the subject prefix's parts).
@@ -205,7 +270,54 @@ mod tests {
         prop_oneof![Just(String::new()), "[a-z]{1,3}", "[ .*>%$é~a-z]{1,4}",]
     }
 
+    fn filter() -> impl Strategy<Value = String> {
+        let level = prop_oneof![
+            4 => level(),
+            2 => Just("+".to_string()),
+            1 => Just("#".to_string()),
+        ];
+        proptest::collection::vec(level, 1..5).prop_map(|levels| {
+            let end = levels
+                .iter()
+                .position(|l| l == "#")
+                .map_or(levels.len(), |i| i + 1);
+            levels[..end].join("/")
+        })
+    }
+
+    #[test]
+    fn a_filter_has_exactly_its_subjects() {
+        let cases: [(&str, &str, bool); 8] = [
+            ("a/#", "p.m.a", true),
+            ("a/#", "p.m.a.>", true),
+            ("a/#", "p.m.a.*", false),
+            ("#", "p.m.>", true),
+            ("#", "p.m", false),
+            ("$share/g/a/+/t", "p.m.a.*.t", true),
+            ("a/+/t", "p.m.a.x.t", false),
+            ("a.b/ ", "p.m.a%2Eb.%20", true),
+        ];
+        for (filter, subject, has) in cases {
+            assert_eq!(
+                filter_has_subject("p", filter, subject),
+                has,
+                "{filter} {subject}"
+            );
+        }
+    }
+
     proptest! {
+        /// [`filter_has_subject`] agrees with [`filter_to_subjects`], for a filter's own
+        /// subjects and for other filters' subjects.
+        #[test]
+        fn has_subject_agrees_with_the_subjects(f in filter(), other in filter()) {
+            let own = filter_to_subjects("p", &f);
+            for s in own.iter().chain(filter_to_subjects("p", &other).iter()) {
+                prop_assert_eq!(filter_has_subject("p", &f, s), own.contains(s), "{} {}", f, s);
+            }
+            prop_assert!(!filter_has_subject("q", &f, &own[0]));
+        }
+
         #[test]
         fn round_trip(levels in proptest::collection::vec(level(), 1..6)) {
             let topic = levels.join("/");

@@ -28,10 +28,27 @@ const LINEAR_TARGETS: usize = 16;
 #[derive(Debug, Clone)]
 struct Entry {
     session: Arc<Session>,
+    /// The filter as subscribed (`$share/group/filter` for a group member), kept where
+    /// interest is tracked (cluster mode: [`Router::route_part`] needs it), as the
+    /// interest map's string.
+    filter: Option<Arc<str>>,
     options: SubscriptionOptions,
     identifier: Option<u32>,
     /// Counted as durable interest (persistent session, QoS ≥ 1) when it was made.
     durable: bool,
+}
+
+/// A session a message reaches, from [`Router::route_part`].
+#[derive(Debug)]
+pub struct Target {
+    pub session: Arc<Session>,
+    /// What the subscriptions served make of the message for this session.
+    pub delivery: Delivery,
+    /// The highest QoS any of the session's matching plain subscriptions (served or
+    /// not) and its group subscriptions served give the message.
+    pub overall_qos: crate::protocol::QoS,
+    /// Whether a served subscription matched (targets without one are dropped).
+    served: bool,
 }
 
 /// A change in this node's interest: the set of distinct filters (plain or
@@ -111,10 +128,25 @@ impl Router {
             .collect()
     }
 
+    /// The string the interest map keys `filter` by (a new one if it has none yet);
+    /// `None` where interest is not tracked.
+    fn interest_key(&self, client_id: &str, filter: &str) -> Option<Arc<str>> {
+        if !self.track_interest || self.untracked_client.as_deref() == Some(client_id) {
+            return None;
+        }
+        let interest = self.interest.lock();
+        Some(
+            interest
+                .get_key_value(filter)
+                .map_or_else(|| Arc::from(filter), |(k, _)| Arc::clone(k)),
+        )
+    }
+
     fn interest_changed(
         &self,
         client_id: &str,
         filter: &str,
+        key: Option<Arc<str>>,
         added: Option<bool>,
         removed: Option<bool>,
     ) {
@@ -125,7 +157,7 @@ impl Router {
         let (before, after, key) = {
             let key = match interest.get_key_value(filter) {
                 Some((k, _)) => Arc::clone(k),
-                None => Arc::from(filter),
+                None => key.unwrap_or_else(|| Arc::from(filter)),
             };
             let entry = interest.entry(Arc::clone(&key)).or_default();
             let before = (entry.sessions > 0, entry.durable > 0);
@@ -172,8 +204,10 @@ impl Router {
         identifier: Option<u32>,
     ) -> Result<bool, TopicError> {
         let durable = session.is_persistent() && options.qos != crate::protocol::QoS::AtMostOnce;
+        let key = self.interest_key(&session.client_id, filter);
         let entry = Entry {
             session: Arc::clone(session),
+            filter: key.clone(),
             options,
             identifier,
             durable,
@@ -194,6 +228,7 @@ impl Router {
         self.interest_changed(
             &session.client_id,
             filter,
+            key,
             Some(durable),
             old.map(|o| o.durable),
         );
@@ -212,7 +247,7 @@ impl Router {
         };
         match old {
             Some(old) => {
-                self.interest_changed(client_id, filter, None, Some(old.durable));
+                self.interest_changed(client_id, filter, None, None, Some(old.durable));
                 true
             }
             None => false,
@@ -246,24 +281,47 @@ impl Router {
         message: &Arc<Message>,
         share_here: &mut dyn FnMut(&str) -> bool,
     ) -> Vec<(Arc<Session>, Delivery)> {
-        let mut targets: Vec<(Arc<Session>, Delivery)> = Vec::new();
+        self.route_part(message, share_here, &|_| true)
+            .into_iter()
+            .map(|t| (t.session, t.delivery))
+            .collect()
+    }
+
+    /// [`Router::route_with`] for the part of the subscriptions `serves` accepts (by
+    /// filter as subscribed: `$share/group/filter` for a group): only they make
+    /// deliveries, merged per session as usual; each target also says the QoS the
+    /// session gets from all its matching plain subscriptions together. A cluster node
+    /// receives a message once per NATS subscription it matches, and each copy serves
+    /// the filters of its subscription (see `cluster`).
+    pub fn route_part(
+        &self,
+        message: &Arc<Message>,
+        share_here: &mut dyn FnMut(&str) -> bool,
+        serves: &dyn Fn(&str) -> bool,
+    ) -> Vec<Target> {
+        let mut targets: Vec<Target> = Vec::new();
         // Overlapping subscriptions of one session are found by a linear scan while the
         // target list is short (the common case: no allocation per message), and by an
         // index once it is long (wide fan-out).
         let mut index: Option<HashMap<*const Session, usize>> = None;
-        let mut add = |entry: &Entry, retain: bool| {
+        let mut add = |entry: &Entry, retain: bool, served: bool| {
             let qos = message.qos.min(entry.options.qos);
             let key = Arc::as_ptr(&entry.session);
             let found = match &index {
                 Some(ix) => ix.get(&key).copied(),
-                None => targets.iter().position(|(s, _)| Arc::as_ptr(s) == key),
+                None => targets.iter().position(|t| Arc::as_ptr(&t.session) == key),
             };
             match found {
                 Some(i) => {
-                    let d = &mut targets[i].1;
-                    d.qos = d.qos.max(qos);
-                    d.retain |= retain;
-                    d.subscription_ids.extend(entry.identifier);
+                    let t = &mut targets[i];
+                    t.overall_qos = t.overall_qos.max(qos);
+                    if served {
+                        let d = &mut t.delivery;
+                        d.qos = if t.served { d.qos.max(qos) } else { qos };
+                        d.retain |= retain;
+                        d.subscription_ids.extend(entry.identifier);
+                        t.served = true;
+                    }
                 }
                 None => {
                     match &mut index {
@@ -274,24 +332,30 @@ impl Router {
                             let mut ix: HashMap<*const Session, usize> = targets
                                 .iter()
                                 .enumerate()
-                                .map(|(i, (s, _))| (Arc::as_ptr(s), i))
+                                .map(|(i, t)| (Arc::as_ptr(&t.session), i))
                                 .collect();
                             ix.insert(key, targets.len());
                             index = Some(ix);
                         }
                         None => {}
                     }
-                    targets.push((
-                        Arc::clone(&entry.session),
-                        Delivery {
+                    targets.push(Target {
+                        session: Arc::clone(&entry.session),
+                        delivery: Delivery {
                             message: Arc::clone(message),
                             qos,
-                            retain,
-                            subscription_ids: entry.identifier.into_iter().collect(),
+                            retain: served && retain,
+                            subscription_ids: if served {
+                                entry.identifier.into_iter().collect()
+                            } else {
+                                Vec::new()
+                            },
                             attempts: 0,
                             durable: false,
                         },
-                    ));
+                        overall_qos: qos,
+                        served,
+                    });
                 }
             }
         };
@@ -301,7 +365,11 @@ impl Router {
                 if entry.options.no_local && **client_id == *message.publisher {
                     return;
                 }
-                add(entry, entry.options.retain_as_published && message.retain);
+                add(
+                    entry,
+                    entry.options.retain_as_published && message.retain,
+                    entry.filter.as_deref().is_none_or(serves),
+                );
             });
         }
         let mut groups: HashMap<Arc<str>, Vec<Entry>> = HashMap::new();
@@ -315,13 +383,14 @@ impl Router {
             });
         }
         for (share, members) in &groups {
-            if !share_here(share) {
+            if !serves(share) || !share_here(share) {
                 continue;
             }
             if let Some(member) = self.pick_member(members) {
-                add(member, false);
+                add(member, false, true);
             }
         }
+        targets.retain(|t| t.served);
         targets
     }
 
@@ -448,6 +517,63 @@ mod tests {
             ids.sort_unstable();
             assert_eq!(ids, vec![1, 2]);
         }
+    }
+
+    /// A part of the subscriptions makes deliveries from what those subscriptions give;
+    /// the others only count towards the session's overall QoS.
+    #[test]
+    fn a_part_of_the_subscriptions_serves_and_the_rest_only_counts() {
+        let router = Router::new(64).tracking_interest(None);
+        let at = |qos| SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        let both = session("both");
+        router
+            .subscribe(&both, "a/#", at(QoS::AtLeastOnce), Some(1))
+            .expect("valid");
+        router
+            .subscribe(&both, "a/+", at(QoS::AtMostOnce), Some(2))
+            .expect("valid");
+        let wide = session("wide");
+        router
+            .subscribe(&wide, "a/#", at(QoS::AtLeastOnce), None)
+            .expect("valid");
+        let member = session("member");
+        router
+            .subscribe(&member, "$share/g/a/+", at(QoS::AtLeastOnce), None)
+            .expect("valid");
+        let m = message("a/b", QoS::ExactlyOnce);
+        let targets = router.route_part(&m, &mut |_| true, &|f| f.ends_with('+'));
+        let mut got: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.session.client_id.to_string(),
+                    t.delivery.qos,
+                    t.delivery.subscription_ids.clone(),
+                    t.overall_qos,
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "both".to_string(),
+                    QoS::AtMostOnce,
+                    vec![2],
+                    QoS::AtLeastOnce
+                ),
+                (
+                    "member".to_string(),
+                    QoS::AtLeastOnce,
+                    vec![],
+                    QoS::AtLeastOnce
+                ),
+            ]
+        );
     }
 
     /// The interest a cluster node announces changes only when a filter appears, turns
