@@ -79,6 +79,19 @@ pub struct Broker {
     /// counted in the metrics.
     dead_letter_log: crate::limits::LogEvery,
     shed_log: crate::limits::LogEvery,
+    /// `$delayed/` messages waiting for their due time.
+    pub delayed: crate::delayed::Schedule,
+    /// `[[priority]]` levels, shared by every session's queue.
+    priorities: Arc<crate::session::Priorities>,
+}
+
+/// Why a delayed message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum DelayRefusal {
+    #[error(transparent)]
+    Refused(crate::delayed::DelayError),
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 /// What accepting a message did.
@@ -129,6 +142,8 @@ impl Broker {
             cluster: std::sync::OnceLock::new(),
             dead_letter_log: crate::limits::LogEvery::new(Duration::from_secs(1)),
             shed_log: crate::limits::LogEvery::new(Duration::from_secs(1)),
+            delayed: crate::delayed::Schedule::new(config.delayed.max_messages),
+            priorities: Arc::new(crate::session::Priorities::new(&config.priorities)),
             config,
             sessions: SessionRegistry::default(),
             router,
@@ -156,6 +171,7 @@ impl Broker {
                 drop_newest: false,
                 max_delivery_attempts: 0,
                 budget: Arc::clone(&self.guards.queue_budget),
+                priorities: Arc::clone(&self.priorities),
             };
         }
         QueueLimits {
@@ -165,6 +181,7 @@ impl Broker {
             drop_newest: dl.queue_full_spill == Spill::Newest,
             max_delivery_attempts: dl.max_delivery_attempts,
             budget: Arc::clone(&self.guards.queue_budget),
+            priorities: Arc::clone(&self.priorities),
         }
     }
 
@@ -291,6 +308,10 @@ impl Broker {
             self.router
                 .restore_retained(Arc::new(message_from_store(&stored)));
         }
+        for (stored, due_ms) in recovered.delayed {
+            self.delayed
+                .restore(due_ms, Arc::new(message_from_store(&stored)));
+        }
         tracing::info!(
             sessions = restored,
             retained = self.router.retained_count(),
@@ -331,6 +352,7 @@ impl Broker {
             tokio::spawn(listener::accept_loop(socket, listener, Arc::clone(&broker)));
         }
         *broker.listeners.lock() = listeners;
+        tokio::spawn(Arc::clone(&broker).run_delayed());
         Ok(Running {
             broker,
             mqtt_addrs,
@@ -646,6 +668,113 @@ impl Broker {
             self.ack_durable(session, &delivery).await;
         }
         tickets
+    }
+
+    /// Accepts a `$delayed/` message (its topic already the target) to publish at
+    /// `due_ms`: at QoS ≥ 1 the message and its due time are made durable (the returned
+    /// tickets, which the PUBACK waits for) before it can come due. Refused when
+    /// `delayed.max_messages` are waiting.
+    pub async fn delay(
+        &self,
+        message: &Arc<Message>,
+        due_ms: u64,
+        mut extra: Vec<Record>,
+    ) -> Result<Vec<CommitTicket>, DelayRefusal> {
+        self.delayed.has_room().map_err(DelayRefusal::Refused)?;
+        let mut records = Vec::new();
+        if message.qos != QoS::AtMostOnce {
+            records.push(Record::Message(Arc::new(message_to_store(message))));
+            records.push(Record::Delay {
+                message_id: message.id,
+                due_at_ms: due_ms,
+            });
+        }
+        records.append(&mut extra);
+        let mut tickets = Vec::new();
+        if !records.is_empty() {
+            tickets.push(
+                self.store
+                    .submit(records)
+                    .await
+                    .map_err(DelayRefusal::Store)?,
+            );
+        }
+        self.delayed.insert(due_ms, Arc::clone(message));
+        metrics::counter!(crate::metrics::DELAYED_ACCEPTED).increment(1);
+        Ok(tickets)
+    }
+
+    /// Publishes delayed messages as they come due, until shutdown. Each goes out as a
+    /// new message (a new id, received now) on its target topic; its Delay record ends
+    /// (DelayDone) only once that publish is durable, so a crash in between publishes it
+    /// again after the restart rather than never (at least once).
+    async fn run_delayed(self: Arc<Broker>) {
+        /// Most messages published per turn: many coming due at once share one commit.
+        const BATCH: usize = 1024;
+        loop {
+            let now = crate::message::now_ms();
+            let due = self.delayed.take_due(now, BATCH);
+            if due.is_empty() {
+                let wait = self
+                    .delayed
+                    .next_due()
+                    .map(|d| Duration::from_millis(d - now));
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = self.delayed.changed() => {}
+                    _ = async {
+                        match wait {
+                            Some(w) => tokio::time::sleep(w).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
+                continue;
+            }
+            let mut waiting = Vec::with_capacity(due.len());
+            for (due_ms, delayed) in due {
+                let lateness = now.saturating_sub(due_ms);
+                metrics::histogram!(crate::metrics::DELAYED_LATENESS)
+                    .record(lateness as f64 / 1000.0);
+                let message = Arc::new(Message {
+                    id: self.next_message_id(),
+                    topic: delayed.topic.clone(),
+                    payload: delayed.payload.clone(),
+                    qos: delayed.qos,
+                    retain: delayed.retain,
+                    properties: delayed.properties.clone(),
+                    publisher: Arc::clone(&delayed.publisher),
+                    received_at_ms: now,
+                    expires_at_ms: delayed.expires_at_ms,
+                });
+                match self.accept(&message, Vec::new()).await {
+                    Ok(accepted) => waiting.push((delayed, accepted.tickets)),
+                    Err(e) => {
+                        // The store is failing: the message stays on disk with its due
+                        // time and comes due again after a restart.
+                        tracing::warn!(error = %e, topic = %message.topic, "delayed message not published: store unavailable");
+                    }
+                }
+            }
+            let mut done = Vec::with_capacity(waiting.len());
+            for (delayed, tickets) in waiting {
+                let mut durable = true;
+                for ticket in tickets {
+                    durable &= ticket.wait().await.is_ok();
+                }
+                metrics::counter!(crate::metrics::DELAYED_PUBLISHED).increment(1);
+                if durable && delayed.qos != QoS::AtMostOnce {
+                    done.push(Record::DelayDone {
+                        message_id: delayed.id,
+                    });
+                }
+            }
+            if !done.is_empty() {
+                if let Err(e) = self.store.append(done).await {
+                    tracing::debug!(error = %e, "delayed messages' completion not recorded");
+                }
+            }
+        }
     }
 
     /// Records that a durable delivery is finished (acked or given up), without waiting

@@ -28,6 +28,9 @@ pub enum DeadLetterReason {
     NoSubscribers,
     /// Its subscriber's session ended with it still queued.
     SessionExpired,
+    /// A `$delayed/` publish from an MQTT 3.x client that could not be taken (malformed
+    /// topic, delay over the maximum, too many waiting); v5 clients get a reason code.
+    DelayRefused,
 }
 
 impl DeadLetterReason {
@@ -40,16 +43,18 @@ impl DeadLetterReason {
             DeadLetterReason::TooLarge => "too_large",
             DeadLetterReason::NoSubscribers => "no_subscribers",
             DeadLetterReason::SessionExpired => "session_expired",
+            DeadLetterReason::DelayRefused => "delay_refused",
         }
     }
 
-    pub const ALL: [DeadLetterReason; 6] = [
+    pub const ALL: [DeadLetterReason; 7] = [
         DeadLetterReason::QueueFull,
         DeadLetterReason::MaxAttempts,
         DeadLetterReason::Expired,
         DeadLetterReason::TooLarge,
         DeadLetterReason::NoSubscribers,
         DeadLetterReason::SessionExpired,
+        DeadLetterReason::DelayRefused,
     ];
 
     pub fn from_label(label: &str) -> Option<DeadLetterReason> {

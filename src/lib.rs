@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod dead_letter;
+pub mod delayed;
 pub mod limits;
 pub mod listener;
 pub mod message;

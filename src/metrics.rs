@@ -39,6 +39,12 @@ pub const PUBACK_FAILED: &str = "sluice_puback_failed_total";
 // Dead letters (label `reason` on DEAD_LETTERS).
 pub const DEAD_LETTERS: &str = "sluice_dead_letters_total";
 pub const DEAD_LETTERS_SHED: &str = "sluice_dead_letters_shed_total";
+// Delayed delivery (`$delayed/<seconds>/<topic>`).
+pub const DELAYED_WAITING: &str = "sluice_delayed_messages";
+pub const DELAYED_ACCEPTED: &str = "sluice_delayed_accepted_total";
+pub const DELAYED_PUBLISHED: &str = "sluice_delayed_published_total";
+pub const DELAYED_REFUSED: &str = "sluice_delayed_refused_total";
+pub const DELAYED_LATENESS: &str = "sluice_delayed_lateness_seconds";
 pub const DEAD_LETTER_QUEUED: &str = "sluice_dead_letter_queued_messages";
 pub const DEAD_LETTER_QUEUED_BYTES: &str = "sluice_dead_letter_queued_bytes";
 // Security (labels: `reason` on failures, `access` on ACL denials).
@@ -193,6 +199,24 @@ pub fn describe_all() {
         "Accepted messages the store failed to make durable (no success ack sent)."
     );
     describe_counter!(DEAD_LETTERS, "Messages dead-lettered, by reason.");
+    describe_gauge!(
+        DELAYED_WAITING,
+        "$delayed/ messages waiting for their due time."
+    );
+    describe_counter!(DELAYED_ACCEPTED, "$delayed/ messages accepted.");
+    describe_counter!(
+        DELAYED_PUBLISHED,
+        "$delayed/ messages published to their topic at their due time."
+    );
+    describe_counter!(
+        DELAYED_REFUSED,
+        "$delayed/ messages refused (bad topic, delay over the maximum, too many waiting)."
+    );
+    describe_histogram!(
+        DELAYED_LATENESS,
+        Unit::Seconds,
+        "How late after its due time a delayed message was published."
+    );
     describe_counter!(
         DEAD_LETTERS_SHED,
         "Dead letters discarded because they were undeliverable themselves."
@@ -501,6 +525,7 @@ pub fn install(prometheus: bool) -> anyhow::Result<Option<PrometheusHandle>> {
             )?
             .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.to_string()), LATENCY_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full(PUBACK_LATENCY.to_string()), LATENCY_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(DELAYED_LATENESS.to_string()), LATENCY_BUCKETS)?
             .set_buckets_for_metric(
                 Matcher::Full(SESSION_QUEUE_DEPTH.to_string()),
                 DEPTH_BUCKETS,
@@ -532,6 +557,9 @@ pub fn install(prometheus: bool) -> anyhow::Result<Option<PrometheusHandle>> {
     }
     metrics::counter!(DEAD_LETTERS_SHED).absolute(0);
     metrics::counter!(PUBLISHER_PAUSES).absolute(0);
+    metrics::counter!(DELAYED_ACCEPTED).absolute(0);
+    metrics::counter!(DELAYED_PUBLISHED).absolute(0);
+    metrics::counter!(DELAYED_REFUSED).absolute(0);
     metrics::counter!(CONNECTIONS_REFUSED, "reason" => "rate").absolute(0);
     for limit in CLIENT_LIMITS {
         metrics::counter!(CLIENT_LIMITS_EXCEEDED, "limit" => *limit).absolute(0);

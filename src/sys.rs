@@ -66,6 +66,7 @@ pub fn sample(broker: &Broker, depths: bool) -> Snapshot {
     metrics::gauge!(m::QUEUED_MESSAGES).set(snap.queued as f64);
     metrics::gauge!(m::QUEUED_BYTES).set(snap.queued_bytes as f64);
     metrics::gauge!(m::INFLIGHT_MESSAGES).set(snap.inflight as f64);
+    metrics::gauge!(m::DELAYED_WAITING).set(broker.delayed.len() as f64);
     let dead_letters = broker
         .sessions
         .get(&broker.config.dead_letter.client_id)

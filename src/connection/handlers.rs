@@ -3,6 +3,8 @@
 
 use super::writer::Outbound;
 use super::*;
+use crate::broker::DelayRefusal;
+use crate::delayed::{self, DelayError};
 
 /// PUBACK answers only QoS 1 and PUBREC only QoS 2 (MQTT 5 §4.3.2, §4.3.3): the other
 /// is a protocol error, and the connection closes (v5: DISCONNECT 0x82).
@@ -32,6 +34,9 @@ pub(super) struct Routing {
     extra: Vec<Record>,
     /// The client's packet id, for the ack.
     packet_id: u16,
+    /// A `$delayed/` publish: its due time (Unix ms), or why it is refused (boxed: the
+    /// routing is part of every connection's task while a publish is stored).
+    delay: Option<Result<u64, Box<DelayError>>>,
 }
 
 impl Connection {
@@ -209,6 +214,20 @@ impl Connection {
                 why: e.to_string(),
             }));
         }
+        // `$delayed/<seconds>/<topic>`: from here on the message is its target topic's
+        // (the `$` rule and the ACL apply to that), to be published when due.
+        let delayed = &broker.config.delayed;
+        let mut delay = None;
+        if delayed.enabled {
+            match delayed::parse(&p.topic, delayed.max_delay_secs) {
+                None => {}
+                Some(Ok((secs, target))) => {
+                    p.topic = target.to_owned();
+                    delay = Some(Ok(now_ms() + u64::from(secs) * 1000));
+                }
+                Some(Err(e)) => delay = Some(Err(Box::new(e))),
+            }
+        }
         let mut extra = Vec::new();
         if p.qos == QoS::ExactlyOnce {
             if self.session.is_awaiting_release(p.packet_id) {
@@ -240,7 +259,15 @@ impl Connection {
             }
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
-        let code = if p.topic.starts_with('$') {
+        let code = if matches!(delay, Some(Err(_))) {
+            // Refused in `route`, which may dead-letter it.
+            return PublishNext::Route(Routing {
+                message: self.message_from(p, broker),
+                extra,
+                packet_id,
+                delay,
+            });
+        } else if p.topic.starts_with('$') {
             // `$` topics are the broker's ($SYS, $DLQ): clients may read, not write.
             warn!(topic = %p.topic, "PUBLISH to a reserved '$' topic refused");
             reason::NOT_AUTHORIZED
@@ -259,6 +286,7 @@ impl Connection {
                 message: self.message_from(p, broker),
                 extra,
                 packet_id,
+                delay,
             });
         };
         PublishNext::Done(self.answer_publish(qos, packet_id, code, Vec::new(), ob))
@@ -276,11 +304,19 @@ impl Connection {
             message,
             extra,
             packet_id,
+            delay,
         } = routing;
         let qos = message.qos;
         let mut code = reason::SUCCESS;
         let mut tickets = Vec::new();
-        match broker.accept(&message, extra).await {
+        if let Some(delay) = delay {
+            // Boxed, like every rare path here: its state would otherwise grow every
+            // connection's task.
+            return Box::pin(self.route_delayed(message, extra, packet_id, delay, broker, ob))
+                .await;
+        }
+        let accepted = broker.accept(&message, extra).await;
+        match accepted {
             Ok(accepted) => {
                 if accepted.matched == 0 {
                     code = reason::NO_MATCHING_SUBSCRIBERS;
@@ -302,6 +338,78 @@ impl Connection {
             }
         }
         self.answer_publish(qos, packet_id, code, tickets, ob)
+    }
+
+    /// A `$delayed/` publish: scheduled (its ack behind the store) or refused.
+    async fn route_delayed(
+        &mut self,
+        message: Arc<Message>,
+        extra: Vec<Record>,
+        packet_id: u16,
+        delay: Result<u64, Box<DelayError>>,
+        broker: &Arc<Broker>,
+        ob: &mut Outbound,
+    ) -> Option<Exit> {
+        let qos = message.qos;
+        let why = match delay {
+            Ok(due_ms) => match broker.delay(&message, due_ms, extra).await {
+                Ok(tickets) => {
+                    return self.answer_publish(qos, packet_id, reason::SUCCESS, tickets, ob)
+                }
+                Err(DelayRefusal::Refused(e)) => Box::new(e),
+                Err(DelayRefusal::Store(e)) => {
+                    warn!(error = %e, topic = %message.topic, "delayed message not accepted: store unavailable");
+                    if !self.version.is_v5() && qos != QoS::AtMostOnce {
+                        return Some(Exit::Refused {
+                            code: reason::UNSPECIFIED_ERROR,
+                            why: "the store failed; the message was not acknowledged".into(),
+                        });
+                    }
+                    let code = match e {
+                        crate::store::StoreError::DiskFull => reason::QUOTA_EXCEEDED,
+                        _ => reason::UNSPECIFIED_ERROR,
+                    };
+                    return self.answer_publish(qos, packet_id, code, Vec::new(), ob);
+                }
+            },
+            Err(why) => why,
+        };
+        self.refuse_delayed(message, packet_id, why, broker, ob)
+            .await
+    }
+
+    /// A `$delayed/` publish that cannot be taken: a v5 publisher learns why from the
+    /// ack (0x97 when too many wait or the delay is too long, 0x90 for a malformed
+    /// topic); a 3.x publisher's QoS ≥ 1 message becomes a `delay_refused` dead letter
+    /// (3.x acks cannot refuse), so it is never silently gone.
+    async fn refuse_delayed(
+        &mut self,
+        message: Arc<Message>,
+        packet_id: u16,
+        why: Box<DelayError>,
+        broker: &Arc<Broker>,
+        ob: &mut Outbound,
+    ) -> Option<Exit> {
+        metrics::counter!(metric::DELAYED_REFUSED).increment(1);
+        debug!(topic = %message.topic, reason = %why, "delayed publish refused");
+        let qos = message.qos;
+        if self.version.is_v5() {
+            let code = match *why {
+                DelayError::NotSeconds(_) | DelayError::NoTopic => reason::TOPIC_NAME_INVALID,
+                DelayError::TooLong { .. } | DelayError::Full(_) => reason::QUOTA_EXCEEDED,
+            };
+            return self.answer_publish(qos, packet_id, code, Vec::new(), ob);
+        }
+        let mut tickets = Vec::new();
+        if qos != QoS::AtMostOnce {
+            let ctx = crate::dead_letter::Context {
+                reason: crate::dead_letter::DeadLetterReason::DelayRefused,
+                subscriber: None,
+                attempts: 0,
+            };
+            tickets = broker.dead_letter(&message, ctx).await;
+        }
+        self.answer_publish(qos, packet_id, reason::SUCCESS, tickets, ob)
     }
 
     /// Queues the PUBACK/PUBREC for a PUBLISH (none for QoS 0), behind `tickets`.

@@ -233,7 +233,8 @@ impl Connection {
             );
         }
         ob.more_queued = ob.outgoing.len() >= WRITE_BATCH;
-        // A durable QoS 2 message is sent only once its packet id is durable, so that a
+        // A durable QoS 2 message is sent only once its packet id is durable (committed
+        // in `after_fill`, before the batch reaches the socket), so that a
         // restart sends the same id again and the subscriber, which may have stored the
         // message under it, recognises the duplicate [MQTT-4.3.3-10], [MQTT-4.4.0-1].
         let first_qos2: Vec<Record> = ob
@@ -255,11 +256,7 @@ impl Connection {
                 _ => None,
             })
             .collect();
-        if !first_qos2.is_empty() {
-            if let Err(e) = broker.store.commit(first_qos2).await {
-                warn!(error = %e, "outbound QoS 2 packet ids not stored; a restart may send them anew");
-            }
-        }
+
         let hot = metric::hot();
         // Counted per batch, not per message: one add per counter per write.
         let (mut sent, mut sent_bytes) = ([0u64; 3], [0u64; 3]);
@@ -292,9 +289,29 @@ impl Connection {
             }
         }
         hot.sent_batch(&sent, &sent_bytes);
+        if !dropped.is_empty() || !first_qos2.is_empty() {
+            // Rare (expiry, size, ACL, QoS 2): boxed so its futures do not grow every
+            // connection.
+            Box::pin(self.after_fill(dropped, first_qos2, broker)).await;
+        }
+    }
+
+    /// What a batch needs beyond encoding: the packet ids of first QoS 2 sends made
+    /// durable (the batch is written to the socket only after this returns), and the
+    /// deliveries the session gave up.
+    async fn after_fill(
+        &self,
+        dropped: Vec<(Delivery, Option<DeadLetterReason>)>,
+        first_qos2: Vec<Record>,
+        broker: &Arc<Broker>,
+    ) {
+        if !first_qos2.is_empty() {
+            if let Err(e) = broker.store.commit(first_qos2).await {
+                warn!(error = %e, "outbound QoS 2 packet ids not stored; a restart may send them anew");
+            }
+        }
         if !dropped.is_empty() {
-            // Rare (expiry, size, ACL): boxed so its futures do not grow every connection.
-            Box::pin(self.not_sent(dropped, broker)).await;
+            self.not_sent(dropped, broker).await;
         }
     }
 

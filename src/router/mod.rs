@@ -465,6 +465,7 @@ mod tests {
                 drop_newest: false,
                 max_delivery_attempts: 0,
                 budget: crate::limits::QueueBudget::unlimited(),
+                priorities: Default::default(),
             },
         ))
     }

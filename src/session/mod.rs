@@ -16,6 +16,10 @@
 //! the router never takes a session lock while holding its own.
 
 pub mod persist;
+mod queue;
+
+pub use queue::Priorities;
+use queue::SessionQueue;
 
 use crate::dead_letter::DeadLetterReason;
 use crate::limits::{QueueBudget, ENTRY_OVERHEAD};
@@ -136,6 +140,8 @@ pub struct QueueLimits {
     pub max_delivery_attempts: u32,
     /// The broker-wide budget this session's queue and inflight bytes are charged to.
     pub budget: Arc<QueueBudget>,
+    /// The operator's `[[priority]]` levels.
+    pub priorities: Arc<Priorities>,
 }
 
 #[derive(Debug)]
@@ -145,7 +151,7 @@ struct SessionState {
     /// Set when the session is discarded (clean start, expiry); nothing is queued after.
     ended: bool,
     subscriptions: HashMap<String, SubscriptionRecord>,
-    queue: VecDeque<Delivery>,
+    queue: SessionQueue,
     queued_bytes: usize,
     /// Retained messages matched by SUBSCRIBEs, sent before the queue.
     retained: VecDeque<RetainedFeed>,
@@ -191,7 +197,7 @@ impl Session {
                 owner: None,
                 ended: false,
                 subscriptions: HashMap::new(),
-                queue: VecDeque::new(),
+                queue: SessionQueue::default(),
                 queued_bytes: 0,
                 retained: VecDeque::new(),
                 inflight: VecDeque::new(),
@@ -325,7 +331,7 @@ impl Session {
             .filter(|i| !i.retained_copy)
             .map(|i| i.delivery)
             .collect();
-        left.extend(st.queue.drain(..));
+        left.extend(st.queue.drain());
         self.settle(&mut st);
         left
     }
@@ -392,13 +398,14 @@ impl Session {
             return out;
         }
         while !st.queue.is_empty() && full(&st) {
-            if let Some(old) = st.queue.pop_front() {
+            if let Some(old) = st.queue.pop_lowest() {
                 st.queued_bytes -= old.message.cost();
                 out.evicted.push(old);
             }
         }
         st.queued_bytes += cost;
-        st.queue.push_back(delivery);
+        let level = self.limits.priorities.level(&delivery.message.topic);
+        st.queue.push_back(delivery, level);
         out.queued = true;
         self.settle(&mut st);
         let online = st.owner.is_some();
@@ -441,7 +448,8 @@ impl Session {
         let mut st = self.state.lock();
         for d in deliveries {
             st.queued_bytes += d.message.cost();
-            st.queue.push_back(d);
+            let level = self.limits.priorities.level(&d.message.topic);
+            st.queue.push_back(d, level);
         }
         self.settle(&mut st);
     }
@@ -892,6 +900,7 @@ mod tests {
                 drop_newest: false,
                 max_delivery_attempts: 3,
                 budget,
+                priorities: Default::default(),
             },
         )
     }

@@ -60,6 +60,8 @@
 //! | 9    | Qos2Received    | session str, packet_id u16                                      |
 //! | 10   | Qos2Released    | session str, packet_id u16                                      |
 //! | 11   | Outbound        | session str, message_id u64, packet_id u16, released u8 (0/1)   |
+//! | 12   | Delay           | message_id u64, due_at_ms u64                                   |
+//! | 13   | DelayDone       | message_id u64                                                  |
 //!
 //! Unknown kinds are corruption (a newer format must bump the version).
 
@@ -92,6 +94,8 @@ const K_RETAIN_CLEAR: u8 = 8;
 const K_QOS2_RECEIVED: u8 = 9;
 const K_QOS2_RELEASED: u8 = 10;
 const K_OUTBOUND: u8 = 11;
+const K_DELAY: u8 = 12;
+const K_DELAY_DONE: u8 = 13;
 
 /// File name of segment `seq`.
 pub(crate) fn segment_file_name(seq: u64) -> String {
@@ -237,6 +241,18 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, rec: &Record) -> Result<usize, St
             out.push(K_QOS2_RECEIVED);
             put_str(out, session);
             out.extend_from_slice(&packet_id.to_le_bytes());
+        }
+        Record::Delay {
+            message_id,
+            due_at_ms,
+        } => {
+            out.push(K_DELAY);
+            out.extend_from_slice(&message_id.to_le_bytes());
+            out.extend_from_slice(&due_at_ms.to_le_bytes());
+        }
+        Record::DelayDone { message_id } => {
+            out.push(K_DELAY_DONE);
+            out.extend_from_slice(&message_id.to_le_bytes());
         }
         Record::Outbound {
             session,
@@ -425,6 +441,13 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Record, String> {
         K_QOS2_RECEIVED => Record::Qos2Received {
             session: c.string()?,
             packet_id: c.u16()?,
+        },
+        K_DELAY => Record::Delay {
+            message_id: c.u64()?,
+            due_at_ms: c.u64()?,
+        },
+        K_DELAY_DONE => Record::DelayDone {
+            message_id: c.u64()?,
         },
         K_OUTBOUND => Record::Outbound {
             session: c.string()?,

@@ -16,7 +16,7 @@
 //!   carrying and deleting) moves the location to the newest copy ("latest wins");
 //! * carrying a message forward also carries every live Enqueue (+ Attempt, Outbound) and Retain
 //!   that refers to it, so on replay no reference precedes its message;
-//! * tombstones (Ack, SessionRemove, RetainClear, Qos2Released) are never live: they
+//! * tombstones (Ack, SessionRemove, RetainClear, Qos2Released, DelayDone) are never live: they
 //!   only matter while older segments exist, and compaction deletes oldest first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,6 +38,8 @@ struct MsgEntry {
     loc: Loc,
     queued_by: Vec<String>,
     retained_as: Vec<String>,
+    /// Waiting to be published later (a live Delay record refers to it).
+    delayed: bool,
     /// Ever referenced by an Enqueue or Retain. A message nobody referenced yet is kept
     /// (a Retain may come in a later commit) until its segment is compacted.
     referenced: bool,
@@ -45,7 +47,7 @@ struct MsgEntry {
 
 impl MsgEntry {
     fn refs(&self) -> usize {
-        self.queued_by.len() + self.retained_as.len()
+        self.queued_by.len() + self.retained_as.len() + usize::from(self.delayed)
     }
     fn counts_as_live(&self) -> bool {
         self.refs() > 0 || !self.referenced
@@ -87,6 +89,7 @@ impl Live {
 pub(crate) struct Carried {
     enqueues: HashSet<(String, u64)>,
     retains: HashSet<String>,
+    delays: HashSet<u64>,
 }
 
 /// See the module docs.
@@ -97,6 +100,8 @@ pub(crate) struct Index {
     sessions: HashMap<String, Loc>,
     retained: HashMap<String, (u64, Loc)>,
     qos2: HashMap<String, BTreeMap<u16, Loc>>,
+    /// Delayed message id → due time (Unix ms) and its Delay record.
+    delayed: HashMap<u64, (u64, Loc)>,
     live: Live,
     /// Highest message id ever applied (0 when none).
     pub max_id: u64,
@@ -123,6 +128,7 @@ impl Index {
                                 loc,
                                 queued_by: Vec::new(),
                                 retained_as: Vec::new(),
+                                delayed: false,
                                 referenced: false,
                             },
                         );
@@ -274,6 +280,37 @@ impl Index {
                     self.unretain(topic, old_id);
                 }
             }
+            Record::Delay {
+                message_id,
+                due_at_ms,
+            } => {
+                let Some(m) = self.messages.get_mut(message_id) else {
+                    debug!(message_id, "delay of unknown message ignored");
+                    return;
+                };
+                if !m.counts_as_live() {
+                    self.live.add(m.loc);
+                }
+                m.referenced = true;
+                m.delayed = true;
+                if let Some((_, old)) = self.delayed.insert(*message_id, (*due_at_ms, loc)) {
+                    self.live.sub(old);
+                }
+                self.live.add(loc);
+            }
+            Record::DelayDone { message_id } => {
+                let Some((_, old)) = self.delayed.remove(message_id) else {
+                    return;
+                };
+                self.live.sub(old);
+                if let Some(m) = self.messages.get_mut(message_id) {
+                    m.delayed = false;
+                    if m.refs() == 0 {
+                        self.live.sub(m.loc);
+                        self.forget_message(*message_id);
+                    }
+                }
+            }
             Record::RetainClear { topic } => {
                 if let Some((old_id, old_loc)) = self.retained.remove(topic) {
                     self.live.sub(old_loc);
@@ -387,7 +424,11 @@ impl Index {
             Record::Ack { .. }
             | Record::SessionRemove { .. }
             | Record::RetainClear { .. }
-            | Record::Qos2Released { .. } => false,
+            | Record::Qos2Released { .. }
+            | Record::DelayDone { .. } => false,
+            Record::Delay { message_id, .. } => {
+                self.delayed.get(message_id).is_some_and(|(_, l)| *l == loc)
+            }
         }
     }
 
@@ -425,6 +466,14 @@ impl Index {
                         });
                     }
                 }
+                if let Some((due_at_ms, _)) = self.delayed.get(&m.id) {
+                    if carried.delays.insert(m.id) {
+                        out.push(Record::Delay {
+                            message_id: m.id,
+                            due_at_ms: *due_at_ms,
+                        });
+                    }
+                }
             }
             Record::Enqueue {
                 session,
@@ -446,6 +495,11 @@ impl Index {
             }
             Record::Retain { topic, .. } => {
                 if carried.retains.insert(topic.clone()) {
+                    out.push(rec.clone());
+                }
+            }
+            Record::Delay { message_id, .. } => {
+                if carried.delays.insert(*message_id) {
                     out.push(rec.clone());
                 }
             }
@@ -500,6 +554,11 @@ impl Index {
     }
 
     /// Retained topic → message id.
+    /// Delayed message ids with their due times.
+    pub(crate) fn delayed(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.delayed.iter().map(|(id, (due, _))| (*id, *due))
+    }
+
     pub(crate) fn retained(&self) -> impl Iterator<Item = (&String, u64)> {
         self.retained.iter().map(|(t, (id, _))| (t, *id))
     }

@@ -148,6 +148,16 @@ pub enum Record {
         session: String,
         packet_id: u16,
     },
+    /// A message (in the same or an earlier commit) to publish at `due_at_ms` (Unix ms):
+    /// `$delayed/<seconds>/<topic>`. It lives until its DelayDone.
+    Delay {
+        message_id: u64,
+        due_at_ms: u64,
+    },
+    /// The delayed message was published (or cancelled).
+    DelayDone {
+        message_id: u64,
+    },
     /// Outbound QoS 2: the packet id a queued message was sent with, and whether the
     /// subscriber's PUBREC came back (PUBREL stage); latest wins. With it a restart sends
     /// the same packet id again (DUP) or the PUBREL, never a new PUBLISH [MQTT-4.4.0-1].
@@ -168,6 +178,8 @@ pub struct Recovered {
     pub queues: HashMap<String, Vec<RecoveredEntry>>,
     /// Sorted by topic.
     pub retained: Vec<(String, Arc<StoredMessage>)>,
+    /// Delayed messages not yet published, with their due time (Unix ms), by due time.
+    pub delayed: Vec<(Arc<StoredMessage>, u64)>,
     /// Per session, ascending.
     pub qos2_pending: HashMap<String, Vec<u16>>,
     pub next_message_id: u64,

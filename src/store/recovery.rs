@@ -262,12 +262,18 @@ pub(crate) fn replay(dir: &Path, fs: &Fs) -> Result<Replayed, StoreError> {
         .filter_map(|(t, id)| Some((t.clone(), messages.get(&id)?.clone())))
         .collect();
     retained.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut delayed: Vec<(Arc<StoredMessage>, u64)> = index
+        .delayed()
+        .filter_map(|(id, due)| Some((messages.get(&id)?.clone(), due)))
+        .collect();
+    delayed.sort_by_key(|(m, due)| (*due, m.id));
     let qos2_pending = index.qos2().map(|(s, p)| (s.clone(), p)).collect();
     let next_message_id = id_floor.max(index.max_id + 1).max(1);
     let recovered = Recovered {
         sessions,
         queues,
         retained,
+        delayed,
         qos2_pending,
         next_message_id,
         truncated_tail,
