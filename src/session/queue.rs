@@ -49,7 +49,9 @@ impl Priorities {
 #[derive(Debug, Default)]
 pub(super) struct SessionQueue {
     normal: VecDeque<Delivery>,
-    /// Levels above 0, highest last.
+    /// Levels above 0, highest last. Boxed: one pointer instead of an empty map's three
+    /// words in every session of a broker that has no priorities.
+    #[allow(clippy::box_collection)]
     raised: Option<Box<BTreeMap<u8, VecDeque<Delivery>>>>,
     len: usize,
 }
