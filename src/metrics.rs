@@ -56,6 +56,10 @@ pub const ACL_DENIED: &str = "sluice_acl_denied_total";
 pub const QUEUED_MESSAGES: &str = "sluice_queued_messages";
 pub const QUEUED_BYTES: &str = "sluice_queued_bytes";
 pub const SESSION_QUEUE_DEPTH: &str = "sluice_session_queue_depth_messages";
+/// Age of the oldest message a session still holds (the ingestion lag), per session.
+pub const SESSION_BACKLOG_AGE: &str = "sluice_session_backlog_age_seconds";
+/// The same, broker-wide: the oldest message any session still holds.
+pub const OLDEST_QUEUED_AGE: &str = "sluice_oldest_queued_age_seconds";
 pub const INFLIGHT_MESSAGES: &str = "sluice_inflight_messages";
 // Cluster (labels: `path` = core | queue | retained | session).
 pub const CLUSTER_CONNECTED: &str = "sluice_cluster_nats_connected";
@@ -117,6 +121,18 @@ pub const DEPTH_BUCKETS: &[f64] = &[
     10_000.0,
     100_000.0,
     1_000_000.0,
+];
+
+/// Buckets of the per-session backlog age histogram: 1 s to 1 day.
+pub const AGE_BUCKETS: &[f64] = &[
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    86_400.0,
 ];
 
 /// HELP text and units for every metric, once. Called by [`install`].
@@ -238,6 +254,16 @@ pub fn describe_all() {
         QUEUED_BYTES,
         Unit::Bytes,
         "Bytes (payload and topic) of messages queued for sessions."
+    );
+    describe_histogram!(
+        SESSION_BACKLOG_AGE,
+        Unit::Seconds,
+        "Age of the oldest message each session still holds (queued or unacknowledged), sampled with the queue depth."
+    );
+    describe_gauge!(
+        OLDEST_QUEUED_AGE,
+        Unit::Seconds,
+        "Age of the oldest message any session still holds: the ingestion lag to alert on (0 when none)."
     );
     describe_histogram!(
         SESSION_QUEUE_DEPTH,
@@ -530,6 +556,7 @@ pub fn install(prometheus: bool) -> anyhow::Result<Option<PrometheusHandle>> {
                 Matcher::Full(SESSION_QUEUE_DEPTH.to_string()),
                 DEPTH_BUCKETS,
             )?
+            .set_buckets_for_metric(Matcher::Full(SESSION_BACKLOG_AGE.to_string()), AGE_BUCKETS)?
             .set_buckets_for_metric(
                 Matcher::Full(INBOUND_THROTTLE_WAIT.to_string()),
                 THROTTLE_BUCKETS,

@@ -44,6 +44,9 @@ pub fn sample(broker: &Broker, depths: bool) -> Snapshot {
         ..Snapshot::default()
     };
     let depth = depths.then(|| metrics::histogram!(m::SESSION_QUEUE_DEPTH));
+    let age = depths.then(|| metrics::histogram!(m::SESSION_BACKLOG_AGE));
+    let now = crate::message::now_ms();
+    let mut oldest: Option<u64> = None;
     for session in broker.sessions.all() {
         let g = session.gauges();
         snap.sessions += 1;
@@ -58,7 +61,20 @@ pub fn sample(broker: &Broker, depths: bool) -> Snapshot {
         if let Some(h) = &depth {
             h.record(g.queued as f64);
         }
+        // The dead-letter session keeps its letters for an operator by design: its age
+        // is not ingestion lag (`sluice_dead_letters_queued` tells its depth).
+        let lag = g
+            .oldest_ms
+            .filter(|_| !broker.is_dead_letter_session(&session.client_id));
+        if let Some(at) = lag {
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            if let Some(h) = &age {
+                h.record(now.saturating_sub(at) as f64 / 1000.0);
+            }
+        }
     }
+    metrics::gauge!(m::OLDEST_QUEUED_AGE)
+        .set(oldest.map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0));
     metrics::gauge!(m::SESSIONS_ONLINE).set(snap.online as f64);
     metrics::gauge!(m::SESSIONS_OFFLINE).set(snap.offline_persistent as f64);
     metrics::gauge!(m::SUBSCRIPTIONS).set(snap.subscriptions as f64);

@@ -407,3 +407,38 @@ async fn mqtt_3_1_connack_has_no_session_present_flag() {
     let (_c, ack) = RawClient::handshake(port, &connect).await;
     assert_eq!(ack.body, vec![0, 0], "3.1 CONNACK is 20 02 00 00");
 }
+
+/// The ingestion lag operators alert on: the age of the oldest message a session still
+/// holds, broker-wide (`sluice_oldest_queued_age_seconds`), back to 0 once it is acked.
+#[tokio::test]
+async fn oldest_queued_age_is_the_backlog_lag_and_clears_when_drained() {
+    let broker = Broker::start();
+    let port = broker.port();
+    let (c, _) = v4::connect_with(persistent(port, "lag")).await;
+    let mut c = c;
+    c.subscribe("lag/t", v4::QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let mut publ = v4::connect(port, "lag-pub").await;
+    publ.publish("lag/t", v4::QoS::AtLeastOnce, false, "old")
+        .await;
+
+    let age = "sluice_oldest_queued_age_seconds";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while broker.metric(age) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{age} never reached 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut c, _) = v4::connect_with(persistent(port, "lag")).await;
+    assert_eq!(c.recv().await.payload.as_ref(), b"old");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while broker.metric(age) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{age} stayed above 0 after the ack"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -759,11 +759,22 @@ impl Session {
     /// bytes, inflight messages.
     pub fn gauges(&self) -> SessionGauges {
         let st = self.state.lock();
+        let oldest_ms = st
+            .queue
+            .oldest_received_ms()
+            .into_iter()
+            .chain(
+                st.inflight
+                    .iter()
+                    .map(|e| e.delivery.message.received_at_ms),
+            )
+            .min();
         SessionGauges {
             online: st.owner.is_some(),
             queued: st.queue.len(),
             queued_bytes: st.queued_bytes,
             inflight: st.inflight.len(),
+            oldest_ms,
         }
     }
 }
@@ -812,6 +823,8 @@ pub struct SessionGauges {
     pub queued: usize,
     pub queued_bytes: usize,
     pub inflight: usize,
+    /// When the oldest message still queued or unacknowledged was received (Unix ms).
+    pub oldest_ms: Option<u64>,
 }
 
 /// Every session, online or offline, by client id.

@@ -133,6 +133,20 @@ impl SessionQueue {
         self.len = self.iter().count();
     }
 
+    /// When the oldest queued message was received: the oldest front of any level.
+    pub(super) fn oldest_received_ms(&self) -> Option<u64> {
+        let raised = self
+            .raised
+            .iter()
+            .flat_map(|r| r.values().filter_map(|q| q.front()));
+        self.normal
+            .front()
+            .into_iter()
+            .chain(raised)
+            .map(|d| d.message.received_at_ms)
+            .min()
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = &Delivery> {
         self.raised
             .iter()
