@@ -8,7 +8,7 @@
 //! Starts the release `sluice` binary on port 0 with a temp data dir (the tests' launcher).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use clap::Parser;
