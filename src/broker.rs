@@ -143,7 +143,12 @@ impl Broker {
             dead_letter_log: crate::limits::LogEvery::new(Duration::from_secs(1)),
             shed_log: crate::limits::LogEvery::new(Duration::from_secs(1)),
             delayed: crate::delayed::Schedule::new(config.delayed.max_messages),
-            priorities: Arc::new(crate::session::Priorities::new(&config.priorities)),
+            priorities: Arc::new(crate::session::Priorities::new(
+                config
+                    .priorities
+                    .iter()
+                    .map(|p| (p.filter.clone(), p.level)),
+            )),
             config,
             sessions: SessionRegistry::default(),
             router,

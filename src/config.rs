@@ -508,7 +508,7 @@ impl Config {
             if p.level > MAX_PRIORITY {
                 return invalid("priority.level", "must be 0 to 9");
             }
-            if crate::router::topic::validate_filter(&p.filter, l.max_topic_levels).is_err() {
+            if crate::protocol::topic::validate_filter(&p.filter, l.max_topic_levels).is_err() {
                 return invalid("priority.filter", "must be a valid topic filter");
             }
         }

@@ -15,6 +15,7 @@
 mod codec;
 pub mod packet;
 pub mod reason;
+pub mod topic;
 
 pub use codec::{
     decode, decode_any, encode, encode_outbound, fit_connack, outbound_len, peek_connect_version,

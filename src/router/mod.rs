@@ -8,7 +8,9 @@
 //! lock is taken (targets are collected first), so the session → router lock order holds.
 
 pub mod retained;
-pub mod topic;
+/// Topic names and filters: syntax and matching (a protocol leaf; re-exported here,
+/// where routing uses it).
+pub use crate::protocol::topic;
 pub mod trie;
 
 use crate::message::Message;

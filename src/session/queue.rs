@@ -12,8 +12,7 @@
 //! level-0 messages is next out without a scan.
 
 use super::Delivery;
-use crate::config::PriorityConfig;
-use crate::router::topic;
+use crate::protocol::topic;
 use std::collections::{BTreeMap, VecDeque};
 
 /// The operator's `[[priority]]` tables: topic filter → level. Checked in order; the
@@ -24,13 +23,10 @@ pub struct Priorities {
 }
 
 impl Priorities {
-    pub fn new(config: &[PriorityConfig]) -> Priorities {
+    /// From the configured (filter, level) pairs; level 0 is everyone's anyway.
+    pub fn new(levels: impl IntoIterator<Item = (String, u8)>) -> Priorities {
         Priorities {
-            filters: config
-                .iter()
-                .filter(|p| p.level > 0)
-                .map(|p| (p.filter.clone(), p.level))
-                .collect(),
+            filters: levels.into_iter().filter(|(_, l)| *l > 0).collect(),
         }
     }
 
@@ -223,16 +219,7 @@ mod tests {
 
     #[test]
     fn priorities_match_filters_and_the_highest_wins() {
-        let p = Priorities::new(&[
-            PriorityConfig {
-                filter: "alarms/#".into(),
-                level: 9,
-            },
-            PriorityConfig {
-                filter: "+/fire".into(),
-                level: 5,
-            },
-        ]);
+        let p = Priorities::new([("alarms/#".to_string(), 9), ("+/fire".to_string(), 5)]);
         assert_eq!(p.level("alarms/fire"), 9);
         assert_eq!(p.level("kitchen/fire"), 5);
         assert_eq!(p.level("telemetry/t"), 0);

@@ -3,7 +3,7 @@
 //!
 //! This module owns *validation* and the *meaning* of a match. The session layer calls
 //! [`validate_topic_name`] on every PUBLISH and [`parse_filter`] on every SUBSCRIBE /
-//! UNSUBSCRIBE before anything reaches the router; the router's [`TopicTrie`] assumes its
+//! UNSUBSCRIBE before anything reaches the router; the router's topic trie assumes its
 //! filters already passed here. [`matches`] is the straightforward definition of matching
 //! that the trie is tested against (and is handy for one-off checks such as ACLs); it is not
 //! the hot path.
