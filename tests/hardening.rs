@@ -97,7 +97,7 @@ async fn finish_probes(stop: Arc<AtomicBool>, task: ProbeTask, min_ok: u64, max:
 
 /// Bound: each of 2,000 sockets that never sends CONNECT is closed (with nothing sent to
 /// it) between `connect_timeout_secs` (2 s) and 2 s + 2 s of slack after it was opened,
-/// none earlier than 1.9 s (max_pending_connects is 10,000, so none is refused); the
+/// none earlier than 1.75 s (max_pending_connects is 10,000, so none is refused); the
 /// broker's fds come back to their baseline (+20). Meanwhile normal clients keep
 /// connecting, subscribing and publishing, each round trip under 2 s.
 #[test]
@@ -175,8 +175,11 @@ fn silent_sockets_are_closed_after_connect_timeout() {
             bytes, 0,
             "the broker sent bytes to sockets that never sent CONNECT"
         );
+        // `opened` is read when this task next runs after connect(), which on a loaded
+        // 2-core machine can be 100-200 ms after the broker accepted (and started its
+        // 2 s timer): 1.75 s still tells a 2 s timeout from any shorter one.
         assert!(
-            min >= Duration::from_millis(1900),
+            min >= Duration::from_millis(1750),
             "a silent socket was closed after only {min:?}"
         );
         assert!(
