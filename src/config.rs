@@ -70,6 +70,14 @@ impl Default for DelayedConfig {
     }
 }
 
+/// Whether `name` can be one NATS token (node names, the subject prefix's parts).
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Highest `[[priority]]` level.
 pub const MAX_PRIORITY: u8 = 9;
 
@@ -517,7 +525,6 @@ impl Config {
         }
         let c = &self.cluster;
         if c.enabled {
-            use crate::cluster::subject::is_token;
             if !is_token(&c.node) {
                 return invalid(
                     "cluster.node",

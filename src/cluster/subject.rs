@@ -189,13 +189,7 @@ fn token_is_level(token: &str, level: &str) -> bool {
     j == t.len()
 }
 
-/// Whether `name` can be one NATS token (node names, the subject prefix's parts).
-pub fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use crate::config::is_token;
 
 #[cfg(test)]
 mod tests {

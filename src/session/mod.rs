@@ -22,7 +22,7 @@ pub use queue::Priorities;
 use queue::SessionQueue;
 
 use crate::dead_letter::DeadLetterReason;
-use crate::limits::{QueueBudget, ENTRY_OVERHEAD};
+use crate::limits::QueueBudget;
 use crate::message::{now_ms, Message};
 use crate::protocol::{QoS, SubscriptionOptions};
 use dashmap::DashMap;
@@ -31,6 +31,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
+
+/// What one queued or inflight entry costs beyond its topic and payload: the delivery
+/// record in the queue and the message record it points to. Charged to the broker-wide
+/// [`QueueBudget`] so it tracks memory even for the small messages sensors send, where
+/// bookkeeping outweighs payload.
+pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<Delivery>() + std::mem::size_of::<Message>();
 
 /// Session Expiry Interval value meaning "never expires" (MQTT 5 §3.1.2.11.2).
 pub const EXPIRY_NEVER: u32 = u32::MAX;
@@ -870,6 +876,12 @@ impl SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_overhead_is_what_the_config_file_says() {
+        // config/sluice.toml and the README say "~0.3 KiB of bookkeeping per entry".
+        assert!((200..=400).contains(&ENTRY_OVERHEAD), "{ENTRY_OVERHEAD}");
+    }
     use crate::protocol::MessageProperties;
     use bytes::Bytes;
 
