@@ -1330,7 +1330,7 @@ async fn hand_off(
             .collect();
         cluster.moved.lock().insert(client_id, to_node, filters);
     }
-    let mut discarded = crate::connection::discard_session(broker, &session);
+    let mut discarded = crate::broker::lifecycle::discard_session(broker, &session);
     metrics::counter!(metric::CLUSTER_TAKEOVERS, "direction" => "out").increment(1);
     info!(
         client_id,
@@ -1339,7 +1339,7 @@ async fn hand_off(
         "session handed to another node"
     );
     if clean_start {
-        crate::connection::finish_discard_now(broker, discarded).await;
+        crate::broker::lifecycle::finish_discard_now(broker, discarded).await;
         return None;
     }
     let left = std::mem::take(&mut discarded.left);
@@ -1360,7 +1360,7 @@ async fn hand_off(
         // Never silently: what could not be handed over is dead-lettered here.
         discarded.left = failed;
     }
-    crate::connection::finish_discard_now(broker, discarded).await;
+    crate::broker::lifecycle::finish_discard_now(broker, discarded).await;
     Some(state)
 }
 

@@ -9,6 +9,10 @@
 //! handshake's store commit, non-PUBLISH packets, the cleanup) is boxed so its state is
 //! not part of every connection's future.
 
+use crate::broker::lifecycle::{
+    append_records, attach_session, dead_letter_remains, end_or_schedule_expiry, publish_will,
+    session_record,
+};
 use crate::broker::Broker;
 use crate::listener::Listener;
 use crate::message::{now_ms, Message};
@@ -22,10 +26,6 @@ use crate::session::{next_connection_id, LinkLimits, Session, SubscriptionRecord
 use crate::store::Record;
 use bytes::{Buf, BytesMut};
 use handlers::PublishNext;
-use lifecycle::{
-    append_records, attach_session, dead_letter_remains, end_or_schedule_expiry, publish_will,
-    session_record,
-};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,11 +40,8 @@ mod handlers;
 mod handshake;
 
 use handshake::{read_connect, ConnectFailure};
-mod lifecycle;
 mod writer;
 
-pub use lifecycle::schedule_expiry;
-pub(crate) use lifecycle::{discard_session, finish_discard_now};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -306,7 +303,7 @@ struct Connection {
     /// Store records the handshake produced, committed before CONNACK.
     records: Vec<Record>,
     /// Sessions the handshake ended (clean start), whose messages become dead letters.
-    discarded: Vec<lifecycle::Discarded>,
+    discarded: Vec<crate::broker::lifecycle::Discarded>,
     /// The authenticated username (or certificate identity), for ACL checks.
     username: Option<String>,
 }

@@ -5,6 +5,8 @@
 //! is a [`CancellationToken`] every connection selects on, plus a [`TaskTracker`] the
 //! broker waits on for the grace period.
 
+pub(crate) mod lifecycle;
+
 use crate::auth::AuthFiles;
 use crate::cluster::envelope::Envelope;
 use crate::cluster::{Cluster, RemoteMode};
@@ -306,7 +308,7 @@ impl Broker {
             let generation = session.generation();
             let expiry = state.expiry_secs;
             self.sessions.insert(Arc::clone(&session));
-            crate::connection::schedule_expiry(self, &session, generation, expiry);
+            lifecycle::schedule_expiry(self, &session, generation, expiry);
             restored += 1;
         }
         for (_, stored) in recovered.retained {

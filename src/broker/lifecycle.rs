@@ -1,8 +1,12 @@
-//! Session lifecycle around a connection: attach (create, resume, take over, replace),
-//! end, expiry, and wills. Each step that changes what a restart must see produces the
-//! store records for it, which the caller writes in order.
+//! Session lifecycle: attach (create, resume, take over, replace), end, expiry, and
+//! wills. Each step that changes what a restart must see produces the store records for
+//! it, which the caller writes in order.
+//!
+//! Owned by the broker, called by connections (their CONNECT and their end), by the
+//! broker's own restore (expiry of recovered sessions) and by the cluster (takeover from
+//! another node): none of them calls into `connection`.
 
-use crate::broker::Broker;
+use super::Broker;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::{now_ms, Message};
 use crate::protocol::{reason, LastWill, QoS};
@@ -17,7 +21,7 @@ use tracing::{debug, info, warn};
 /// A connection already attached is kicked (takeover, [MQTT-3.1.4-3]). Returns the
 /// session, whether it was resumed (session present), the records that make the change
 /// durable (to commit before CONNACK), and the sessions it ended.
-pub(super) fn attach_session(
+pub(crate) fn attach_session(
     broker: &Arc<Broker>,
     client_id: &Arc<str>,
     clean_start: bool,
@@ -73,7 +77,7 @@ pub(super) fn attach_session(
 }
 
 /// The record holding `session`'s current state.
-pub(super) fn session_record(session: &Session) -> Record {
+pub(crate) fn session_record(session: &Session) -> Record {
     Record::Session {
         client_id: session.client_id.to_string(),
         state: session.persisted_state(),
@@ -160,7 +164,7 @@ pub(crate) async fn finish_discard_now(broker: &Broker, discarded: Discarded) {
 }
 
 /// Writes records nobody waits for; a failure is logged (the store logs its own cause).
-pub(super) async fn append_records(broker: &Broker, records: Vec<Record>) {
+pub(crate) async fn append_records(broker: &Broker, records: Vec<Record>) {
     if records.is_empty() {
         return;
     }
@@ -171,7 +175,7 @@ pub(super) async fn append_records(broker: &Broker, records: Vec<Record>) {
 
 /// After the owner left: a session with expiry 0 ends now; otherwise it ends after its
 /// expiry interval unless a connection resumes it first.
-pub(super) async fn end_or_schedule_expiry(
+pub(crate) async fn end_or_schedule_expiry(
     broker: &Arc<Broker>,
     session: &Arc<Session>,
     generation: u64,
@@ -188,7 +192,12 @@ pub(super) async fn end_or_schedule_expiry(
 }
 
 /// Removes `session` after `expiry` seconds offline unless it is resumed first.
-pub fn schedule_expiry(broker: &Arc<Broker>, session: &Arc<Session>, generation: u64, expiry: u32) {
+pub(crate) fn schedule_expiry(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    generation: u64,
+    expiry: u32,
+) {
     if expiry == EXPIRY_NEVER || expiry == 0 {
         return;
     }
@@ -236,7 +245,7 @@ fn after_delay<F, Fut>(
 /// Publishes a will now, or after its v5 Will Delay Interval unless the session is
 /// resumed first or ends sooner [MQTT-3.1.3-9]. `generation` is the session generation
 /// after the owner detached (None when another connection took over).
-pub(super) async fn publish_will(
+pub(crate) async fn publish_will(
     broker: &Arc<Broker>,
     session: &Arc<Session>,
     will: LastWill,
