@@ -21,14 +21,15 @@ pub(super) enum ConnectFailure {
     Close(String),
 }
 
-/// Reads until one CONNECT is decoded, within the configured time [MQTT-3.1.0-1].
+/// Reads until one CONNECT is decoded, by `deadline` (the configured connect timeout)
+/// [MQTT-3.1.0-1].
 pub(super) async fn read_connect<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     broker: &Broker,
+    deadline: Instant,
 ) -> Result<Box<Connect>, ConnectFailure> {
     let limits = &broker.config.limits;
-    let deadline = Instant::now() + Duration::from_secs(limits.connect_timeout_secs);
     loop {
         match protocol::decode(buf, None, limits.max_packet_size as usize) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
@@ -136,22 +137,47 @@ fn refuse(version: ProtocolVersion, code: u8, why: impl Into<String>) -> Refusal
     ))
 }
 
+/// A CONNECT that will be accepted: validated, its client authenticated and its will
+/// authorized, with what attaching its session needs. Nothing about sessions has been
+/// touched to make one, so a refusal before this point costs no session state, no store
+/// write and no cluster round trip.
+pub(super) struct Authorized {
+    connect: Box<Connect>,
+    /// The client's id, or the one assigned to it when it sent none.
+    pub(super) client_id: String,
+    /// Whether `client_id` was assigned here (such a session is new everywhere).
+    pub(super) assigned: bool,
+    username: Option<String>,
+    keep_alive: u16,
+    clean_start: bool,
+    expiry_secs: u32,
+    link: LinkLimits,
+    props: ConnAckProperties,
+}
+
+impl Authorized {
+    pub(super) fn connect(&self) -> &Connect {
+        &self.connect
+    }
+}
+
 impl Connection {
-    /// Validates CONNECT, attaches (or creates, or takes over) the session, and prepares
-    /// the CONNACK.
-    pub(super) fn handshake(
+    /// Validates CONNECT and authenticates and authorizes its client: every refusal
+    /// that does not depend on session state is decided here, before the session is
+    /// looked at (and, in a cluster, before it is claimed from another node).
+    pub(super) fn authorize(
         connect: Box<Connect>,
         broker: &Arc<Broker>,
         info: &ConnInfo,
-        imported: Option<crate::session::persist::PersistedSession>,
-    ) -> Result<Connection, Refusal> {
+    ) -> Result<Authorized, Refusal> {
         let cfg = &broker.config;
         let limits = &cfg.limits;
         let v = connect.version;
         let mut props = ConnAckProperties::default();
 
         let mut client_id = connect.client_id.clone();
-        if client_id.is_empty() {
+        let assigned = client_id.is_empty();
+        if assigned {
             let may_assign = match v {
                 ProtocolVersion::V5 => true,
                 ProtocolVersion::V3_1_1 => connect.clean_start,
@@ -272,6 +298,39 @@ impl Connection {
                 .min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
             max_packet_size: connect.properties.maximum_packet_size,
         };
+        Ok(Authorized {
+            connect,
+            client_id,
+            assigned,
+            username,
+            keep_alive,
+            clean_start,
+            expiry_secs,
+            link,
+            props,
+        })
+    }
+
+    /// Attaches (or creates, or takes over) the session of an authorized CONNECT and
+    /// prepares the CONNACK. `imported` is the session another node handed over.
+    pub(super) fn attach(
+        authorized: Authorized,
+        broker: &Arc<Broker>,
+        imported: Option<crate::session::persist::PersistedSession>,
+    ) -> Connection {
+        let Authorized {
+            connect,
+            client_id,
+            assigned: _,
+            username,
+            keep_alive,
+            clean_start,
+            expiry_secs,
+            link,
+            mut props,
+        } = authorized;
+        let limits = &broker.config.limits;
+        let v = connect.version;
         let conn_id = next_connection_id();
         let (kick_tx, kick_rx) = oneshot::channel();
         let client_id: Arc<str> = Arc::from(client_id);
@@ -317,7 +376,7 @@ impl Connection {
             session_present = present,
             "client connected"
         );
-        Ok(Connection {
+        Connection {
             version: v,
             conn_id,
             session,
@@ -335,6 +394,6 @@ impl Connection {
             records,
             discarded,
             username,
-        })
+        }
     }
 }
