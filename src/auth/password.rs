@@ -1,7 +1,8 @@
 //! mosquitto password files: parsing, verifying a CONNECT's credentials, and writing new
 //! entries that mosquitto itself can read.
 //!
-//! Called by the connection handshake ([`PasswordFile::verify`]) and by the
+//! Called by the hashing pool of [`super::PasswordChecks`] ([`PasswordFile::verify`],
+//! which is slow on purpose and so never runs on a tokio worker) and by the
 //! `sluice passwd FILE USER` command ([`upsert_password_line`]). It must never log, print
 //! or return in an error a password or a stored hash; the `Debug` output of a
 //! [`PasswordFile`] shows only the number of users.
@@ -311,10 +312,11 @@ pub fn upsert_password_line(
     username: &str,
     password: &[u8],
 ) -> Result<String, AuthError> {
-    upsert_with_iterations(file_text, username, password, DEFAULT_PBKDF2_ITERATIONS)
+    upsert_password_line_with_iterations(file_text, username, password, DEFAULT_PBKDF2_ITERATIONS)
 }
 
-fn upsert_with_iterations(
+/// [`upsert_password_line`] with an explicit iteration count (0 is raised to 1).
+pub fn upsert_password_line_with_iterations(
     file_text: &str,
     username: &str,
     password: &[u8],
@@ -377,7 +379,7 @@ käse:$7$101$0aSbe6phERp7JD2r$7RLMiakIZRJloQ5kRXvlX9F1BlvLN7dYXiZ/8VzqaZu+qWA20R
 
     /// The upsert under test with a cheap iteration count (debug-build PBKDF2 is slow).
     fn upsert_fast(text: &str, user: &str, pw: &[u8]) -> Result<String, AuthError> {
-        upsert_with_iterations(text, user, pw, 1_000)
+        upsert_password_line_with_iterations(text, user, pw, 1_000)
     }
 
     fn path() -> &'static Path {

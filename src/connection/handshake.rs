@@ -2,6 +2,7 @@
 //! client, and attaching its session, up to the CONNACK the reader then sends.
 
 use super::*;
+use crate::auth::PasswordCheck;
 
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
@@ -79,11 +80,13 @@ type Refusal = Box<(ConnAck, ProtocolVersion, String)>;
 /// Checks who the client is: a certificate identity (when the listener uses it as the
 /// username), a username and password against the password file, or anonymous where
 /// the listener allows it. Returns the username ACLs will see. The password is never
-/// logged.
-fn authenticate(
+/// logged. A password is hashed on the bounded hashing pool (src/auth/check.rs); a client
+/// still waiting for a slot at `deadline` is refused as busy.
+async fn authenticate(
     connect: &Connect,
     broker: &Broker,
     info: &ConnInfo,
+    deadline: Instant,
 ) -> Result<Option<String>, Refusal> {
     let v = connect.version;
     let listener = &info.listener.config;
@@ -112,14 +115,27 @@ fn authenticate(
         ));
     };
     let files = broker.auth_files();
-    if let Some(passwords) = &files.passwords {
+    if files.passwords.is_some() {
         let password = connect.password.as_deref().unwrap_or_default();
-        if !passwords.verify(username, password) {
-            return Err(fail(
-                reason::BAD_USER_NAME_OR_PASSWORD,
-                &format!("bad username or password for user {username:?}"),
-                "password",
-            ));
+        let check = broker.password_checks.verify(&files, username, password);
+        match tokio::time::timeout_at(deadline, check).await {
+            Ok(PasswordCheck::Valid) => {}
+            Ok(PasswordCheck::Invalid) => {
+                return Err(fail(
+                    reason::BAD_USER_NAME_OR_PASSWORD,
+                    &format!("bad username or password for user {username:?}"),
+                    "password",
+                ))
+            }
+            Err(_) => {
+                metrics::counter!(metric::PASSWORD_CHECKS, "result" => "busy").increment(1);
+                // 0x89 Server busy (MQTT 5 3.2.2.2); a 3.1.1 client gets 3, Server unavailable.
+                return Err(refuse(
+                    v,
+                    reason::SERVER_BUSY,
+                    format!("no password check slot for user {username:?} in time"),
+                ));
+            }
         }
     }
     Ok(Some(username.clone()))
@@ -164,11 +180,13 @@ impl Authorized {
 impl Connection {
     /// Validates CONNECT and authenticates and authorizes its client: every refusal
     /// that does not depend on session state is decided here, before the session is
-    /// looked at (and, in a cluster, before it is claimed from another node).
-    pub(super) fn authorize(
+    /// looked at (and, in a cluster, before it is claimed from another node). Waits for
+    /// a password check on the bounded hashing pool, at most until `deadline`.
+    pub(super) async fn authorize(
         connect: Box<Connect>,
         broker: &Arc<Broker>,
         info: &ConnInfo,
+        deadline: Instant,
     ) -> Result<Authorized, Refusal> {
         let cfg = &broker.config;
         let limits = &cfg.limits;
@@ -206,7 +224,7 @@ impl Connection {
                 ),
             ));
         }
-        let username = authenticate(&connect, broker, info)?;
+        let username = authenticate(&connect, broker, info, deadline).await?;
         let files = broker.auth_files();
         if let Some(will) = &connect.will {
             // A will is a publish made on the client's behalf: the ACL applies to it as it

@@ -227,11 +227,12 @@ where
     // The read buffer is allocated when bytes arrive (see `poll_read_some`), so a
     // connection that is only waiting costs no buffer.
     let mut buf = BytesMut::new();
+    // Reading CONNECT and checking its password share the connect timeout.
     let deadline = Instant::now() + Duration::from_secs(broker.config.limits.connect_timeout_secs);
     let connect = read_connect(&mut rd, &mut buf, broker, deadline).await;
     drop(pending);
     let refusal = match connect {
-        Ok(connect) => match Connection::authorize(connect, broker, info) {
+        Ok(connect) => match Connection::authorize(connect, broker, info, deadline).await {
             Ok(authorized) => {
                 // In a cluster, a session owned by another node comes here first (its
                 // client there is disconnected with 0x8E) [MQTT-3.1.4-3]. Only for a
