@@ -230,37 +230,44 @@ where
     // Reading CONNECT and checking its password share the connect timeout.
     let deadline = Instant::now() + Duration::from_secs(broker.config.limits.connect_timeout_secs);
     let connect = read_connect(&mut rd, &mut buf, broker, deadline).await;
-    drop(pending);
     let refusal = match connect {
-        Ok(connect) => match Connection::authorize(connect, broker, info, deadline).await {
-            Ok(authorized) => {
-                // In a cluster, a session owned by another node comes here first (its
-                // client there is disconnected with 0x8E) [MQTT-3.1.4-3]. Only for a
-                // CONNECT that will be accepted: a client that fails authentication must
-                // not be able to end someone else's session by naming its client id.
-                let imported = match broker.cluster() {
-                    Some(cluster)
-                        if !authorized.assigned
-                            && !broker.is_dead_letter_session(&authorized.client_id) =>
-                    {
-                        Box::pin(
-                            cluster.claim(&authorized.client_id, authorized.connect().clean_start),
-                        )
-                        .await
-                    }
-                    _ => None,
-                };
-                let conn = Connection::attach(authorized, broker, imported);
-                tracing::Span::current().record("client_id", &*conn.session.client_id);
-                // On the heap: the connection's future then holds a pointer to it.
-                return Some((Box::new(conn), rd, wr, buf));
+        Ok(connect) => {
+            // A connection waiting for its password check still counts as pending, so a
+            // flood of CONNECTs queues at most max_pending_connects checks.
+            let authorized = Connection::authorize(connect, broker, info, deadline).await;
+            drop(pending);
+            match authorized {
+                Ok(authorized) => {
+                    // In a cluster, a session owned by another node comes here first (its
+                    // client there is disconnected with 0x8E) [MQTT-3.1.4-3]. Only for a
+                    // CONNECT that will be accepted: a client that fails authentication must
+                    // not be able to end someone else's session by naming its client id.
+                    let imported = match broker.cluster() {
+                        Some(cluster)
+                            if !authorized.assigned
+                                && !broker.is_dead_letter_session(&authorized.client_id) =>
+                        {
+                            Box::pin(
+                                cluster
+                                    .claim(&authorized.client_id, authorized.connect().clean_start),
+                            )
+                            .await
+                        }
+                        _ => None,
+                    };
+                    let conn = Connection::attach(authorized, broker, imported);
+                    tracing::Span::current().record("client_id", &*conn.session.client_id);
+                    // On the heap: the connection's future then holds a pointer to it.
+                    return Some((Box::new(conn), rd, wr, buf));
+                }
+                Err(refusal) => {
+                    metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "connect")
+                        .increment(1);
+                    let (connack, version, why) = *refusal;
+                    (Box::new(connack), version, why)
+                }
             }
-            Err(refusal) => {
-                metrics::counter!(metric::CONNECTIONS_REFUSED, "reason" => "connect").increment(1);
-                let (connack, version, why) = *refusal;
-                (Box::new(connack), version, why)
-            }
-        },
+        }
         Err(ConnectFailure::Answer {
             connack,
             version,
