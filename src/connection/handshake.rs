@@ -1,5 +1,8 @@
 //! The handshake: reading CONNECT within its time limit, validating it, authenticating the
-//! client, and attaching its session, up to the CONNACK the reader then sends.
+//! client, and attaching its session, up to the CONNACK the reader then sends. Everything
+//! that can refuse a CONNECT without looking at sessions ([`Connection::authorize`]) comes
+//! before the session is attached ([`Connection::attach`]), and the caller claims a
+//! session from another node only in between, for a CONNECT that will be accepted.
 
 use super::*;
 use crate::auth::PasswordCheck;
