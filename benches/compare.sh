@@ -3,6 +3,13 @@
 #
 #   benches/compare.sh [options] [SCENARIO...]     (default: fanin fanout pairs latency conns persist)
 #
+#   storm (not in the default set): --devices devices with a username and password connect at
+#   once, disconnect and connect again, while an unrelated client publishes QoS 1; reports
+#   connects/s and that client's PUBACK latency per wave. sluice's password file is written
+#   by `sluice passwd` (its default iteration count), mosquitto's by `mosquitto_passwd -U`
+#   (its default, 101). rumqttd reads no mosquitto password file and is left out of storm.
+#   Neither broker limits the connect rate per address by default, so no limit is lifted.
+#
 # Options:
 #   --rounds R          rounds of A B C alternation (default 3)
 #   --qos LIST          QoS levels to run, comma separated (default 1; conns ignores it,
@@ -11,6 +18,7 @@
 #   --payload BYTES     payload size (default 64)
 #   --brokers LIST      comma separated subset of sluice,mosquitto,rumqttd (default all)
 #   --out DIR           keep per-run JSON lines and broker logs there (default: a temp dir)
+#   --devices N         storm: devices, each with its own username (default 1000)
 #   --install-rumqttd   `cargo install rumqttd --version 0.20.0` first if it is not on PATH
 #   --no-pin            do not pin with taskset (broker on CPU 0, load tool on CPU 1)
 #   -- ARGS...          passed to the load tool as is (e.g. -- --publishers 20 --inflight 50)
@@ -38,6 +46,7 @@ OUT=""
 INSTALL_RUMQTTD=0
 RUMQTTD_SKIPPED=0
 PIN=1
+DEVICES=1000
 SCENARIOS=()
 EXTRA=()
 
@@ -56,17 +65,19 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift 2 ;;
     --install-rumqttd) INSTALL_RUMQTTD=1; shift ;;
     --no-pin) PIN=0; shift ;;
+    --devices) DEVICES="$2"; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    fanin | fanout | pairs | latency | conns | persist) SCENARIOS+=("$1"); shift ;;
+    fanin | fanout | pairs | latency | conns | persist | storm) SCENARIOS+=("$1"); shift ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
 [[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(fanin fanout pairs latency conns persist)
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer"
+[[ "$DEVICES" =~ ^[1-9][0-9]*$ ]] || die "--devices must be a positive integer"
 for a in "${EXTRA[@]}"; do
-    case "$a" in --host | --port | --broker-pid | --label) die "$a is set by compare.sh" ;; esac
+    case "$a" in --host | --port | --broker-pid | --label | --connections | --password) die "$a is set by compare.sh" ;; esac
 done
 
 command -v jq >/dev/null || die "needs jq (apt-get install jq)"
@@ -148,6 +159,22 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Many connections need many fds, for the brokers (started from this shell) and the tool.
+STORM_PASSWORD=device-secret
+if [[ " ${SCENARIOS[*]} " == *" storm "* ]]; then
+    echo "# writing $DEVICES users to each password file (sluice passwd, mosquitto_passwd -U)" >&2
+    : >"$WORK/sluice.passwd"
+    : >"$WORK/mosquitto.passwd"
+    for i in $(seq 0 $((DEVICES - 1))); do
+        if [[ -n ${WANT[sluice]:-} ]]; then
+            "$SLUICE" passwd "$WORK/sluice.passwd" "dev$i" --password "$STORM_PASSWORD" >/dev/null
+        fi
+        echo "dev$i:$STORM_PASSWORD" >>"$WORK/mosquitto.passwd"
+    done
+    if [[ -n ${WANT[mosquitto]:-} ]]; then
+        mosquitto_passwd -U "$WORK/mosquitto.passwd"
+    fi
+fi
+
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "# open-file limit: $(ulimit -n) (conns needs more than --connections; raise the hard limit if it is lower)" >&2
 
@@ -186,6 +213,9 @@ max_queued_messages = 100000
 [store]
 durability = "fsync"
 EOF
+        if [[ $scenario == storm ]]; then
+            printf '[auth]\npassword_file = "%s"\n' "$WORK/sluice.passwd" >>"$dir/sluice.toml"
+        fi
         RUST_LOG=warn "${ON_CPU0[@]}" "$SLUICE" --config "$dir/sluice.toml" --listen "127.0.0.1:$PORT" \
             --metrics-listen 127.0.0.1:0 \
             --data-dir "$dir/data" >"$dir/stdout" 2>>"$log" &
@@ -213,6 +243,7 @@ EOF
             # Run as root only if we are root; mosquitto would otherwise switch to its own
             # user, which cannot write our data dir.
             [[ $(id -u) == 0 ]] && echo "user root"
+            [[ $scenario == storm ]] && echo "password_file $WORK/mosquitto.passwd"
             if [[ $scenario == persist ]]; then
                 echo "persistence true"
                 echo "persistence_location $dir/data/"
@@ -285,9 +316,11 @@ run_one() { # run_one BROKER SCENARIO QOS ROUND
         return 0
     fi
     # In the background and waited for, so that a signal reaches the trap at once.
+    local storm=()
+    [[ $scenario == storm ]] && storm=(--connections "$DEVICES" --password "$STORM_PASSWORD")
     "${ON_CPU1[@]}" "$LOAD" "$scenario" --qos "$qos" --duration "$DURATION" --payload "$PAYLOAD" \
         --host 127.0.0.1 --port "$PORT" --broker-pid "$BROKER_PID" --label "$name" \
-        "${EXTRA[@]}" >"$WORK/line" 2>>"$OUT/load.stderr" &
+        "${storm[@]}" "${EXTRA[@]}" >"$WORK/line" 2>>"$OUT/load.stderr" &
     LOAD_PID=$!
     wait "$LOAD_PID" || true
     LOAD_PID=""
@@ -306,11 +339,11 @@ IFS=, read -r -a QOS_ARR <<<"$QOS_LIST"
 for scenario in "${SCENARIOS[@]}"; do
     qs=("${QOS_ARR[@]}")
     [[ $scenario == conns ]] && qs=(0)
-    [[ $scenario == persist ]] && qs=(1)
+    [[ $scenario == persist || $scenario == storm ]] && qs=(1)
     for qos in "${qs[@]}"; do
         for round in $(seq 1 "$ROUNDS"); do
             for name in "${ORDER[@]}"; do
-                if [[ $scenario == persist && $name == rumqttd ]]; then continue; fi
+                if [[ ($scenario == persist || $scenario == storm) && $name == rumqttd ]]; then continue; fi
                 run_one "$name" "$scenario" "$qos" "$round"
             done
         done
@@ -327,6 +360,14 @@ jq -rs '
   def metrics:
       if .scenario == "conns" then
           [["connects/s ↑", .connects_per_sec], ["RSS B/conn ↓", .rss_per_conn_bytes],
+           ["errors", .errors]]
+      elif .scenario == "storm" then
+          [["first wave connects/s ↑", .first_connects_per_sec],
+           ["first wave PUBACK p99 ms ↓", .first_puback_p99_ms],
+           ["first wave PUBACK max ms ↓", .first_puback_max_ms],
+           ["reconnect connects/s ↑", .again_connects_per_sec],
+           ["reconnect PUBACK p99 ms ↓", .again_puback_p99_ms],
+           ["reconnect PUBACK max ms ↓", .again_puback_max_ms],
            ["errors", .errors]]
       elif .scenario == "latency" then
           [["p50 µs ↓", .latency_us.p50], ["p99 µs ↓", .latency_us.p99],

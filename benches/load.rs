@@ -8,7 +8,8 @@
 //! cargo bench --bench load -- conns --connections 10000 --broker-pid 1234
 //! ```
 //!
-//! Scenarios: `fanin`, `fanout`, `pairs`, `latency`, `conns`, `persist` (see `USAGE`).
+//! Scenarios: `fanin`, `fanout`, `pairs`, `latency`, `conns`, `persist`, `subs`, `storm`
+//! (see `USAGE`).
 //! Every run targets only 127.0.0.1, is bounded in time (`--duration`, capped) and in count
 //! (`--max-msgs`, `--connections` capped), and stops by itself.
 //!
@@ -22,7 +23,7 @@
 use bytes::{Buf, BytesMut};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,6 +44,12 @@ scenarios:
             subscription, then QoS 0 publishes that each match one of them for --duration:
             broker CPU per publish (trie match + one delivery) at that trie size
   persist   fanin at QoS 1 to a persistent subscriber (fixed client id, clean session 0)
+  storm     C devices with a username and password (--user-prefix, --password) connect at
+            once (--connect-concurrency in flight): the broker's first sight of them
+            (\"first\"); then --waves times all disconnect and connect again at once (a
+            reconnect storm, \"again\"). Throughout, an unrelated anonymous client publishes
+            QoS 1, one at a time: connects/s of each phase and that client's PUBACK latency
+            (p50, p99, worst)
 
 options:
   --qos 0|1            QoS of publishes and subscriptions (default 0; persist forces 1)
@@ -57,7 +64,11 @@ options:
   --pairs K            pairs (default 50)
   --inflight W         QoS 1 unacked PUBLISH window per publisher (default 100)
   --rate MSGS          total publish rate, msgs/s (latency default 10000, else unlimited)
-  --connections C      conns scenario connections (default 10000, at most 60000)
+  --connections C      conns scenario connections (default 10000, at most 60000); storm
+                       devices (default 1000 for storm)
+  --user-prefix P      storm: device i connects as username P<i>, client id P<i> (default dev)
+  --password PW        storm: every device's password (default device-secret)
+  --waves N            storm: reconnect waves after the first (default 10)
   --subscriptions S    subs scenario subscriptions (default 100000, at most 2000000), over
                        --subscribers clients (the broker must allow S / N per client)
   --connect-concurrency K  conns: CONNECT handshakes in flight at once (default 64)
@@ -95,6 +106,7 @@ enum Scenario {
     Conns,
     Persist,
     Subs,
+    Storm,
 }
 
 impl Scenario {
@@ -107,6 +119,7 @@ impl Scenario {
             Scenario::Conns => "conns",
             Scenario::Persist => "persist",
             Scenario::Subs => "subs",
+            Scenario::Storm => "storm",
         }
     }
 }
@@ -133,6 +146,9 @@ struct Opts {
     drain: u64,
     max_msgs: u64,
     threads: usize,
+    user_prefix: String,
+    password: String,
+    waves: usize,
 }
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
@@ -144,6 +160,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         Some("conns") => Scenario::Conns,
         Some("persist") => Scenario::Persist,
         Some("subs") => Scenario::Subs,
+        Some("storm") => Scenario::Storm,
         Some("-h") | Some("--help") => return Err(String::new()),
         Some(other) => return Err(format!("unknown scenario {other:?}")),
         None => return Err("no scenario".into()),
@@ -160,7 +177,11 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         pairs: 50,
         inflight: 100,
         rate: None,
-        connections: 10_000,
+        connections: if scenario == Scenario::Storm {
+            1_000
+        } else {
+            10_000
+        },
         subscriptions: 100_000,
         conn_concurrency: 64,
         broker_pid: None,
@@ -168,6 +189,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         drain: 5,
         max_msgs: 200_000_000,
         threads: 1,
+        user_prefix: "dev".into(),
+        password: "device-secret".into(),
+        waves: 10,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -212,6 +236,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--drain" => o.drain = num(flag, val()?)?,
             "--max-msgs" => o.max_msgs = num(flag, val()?)?,
             "--threads" => o.threads = num(flag, val()?)?,
+            "--user-prefix" => o.user_prefix = val()?,
+            "--password" => o.password = val()?,
+            "--waves" => o.waves = num(flag, val()?)?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -259,6 +286,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     }
     if o.conn_concurrency == 0 || o.conn_concurrency > 4096 {
         return Err("--connect-concurrency must be 1..=4096".into());
+    }
+    if o.waves == 0 || o.waves > 1000 {
+        return Err("--waves must be 1..=1000".into());
     }
     if o.threads == 0 || o.threads > 64 {
         return Err("--threads must be 1..=64".into());
@@ -409,12 +439,27 @@ fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
 }
 
 fn connect_packet(client_id: &str, clean_session: bool, keepalive: u16) -> Vec<u8> {
+    connect_packet_as(client_id, clean_session, keepalive, None)
+}
+
+/// CONNECT with a username and password when `credentials` is given.
+fn connect_packet_as(
+    client_id: &str,
+    clean_session: bool,
+    keepalive: u16,
+    credentials: Option<(&str, &str)>,
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(16 + client_id.len());
     put_str(&mut body, b"MQTT");
     body.push(4); // protocol level: 3.1.1
-    body.push(if clean_session { 0x02 } else { 0x00 });
+    let login = if credentials.is_some() { 0xC0 } else { 0 };
+    body.push(login | if clean_session { 0x02 } else { 0x00 });
     body.extend_from_slice(&keepalive.to_be_bytes());
     put_str(&mut body, client_id.as_bytes());
+    if let Some((user, password)) = credentials {
+        put_str(&mut body, user.as_bytes());
+        put_str(&mut body, password.as_bytes());
+    }
     let mut p = vec![0x10];
     put_remaining_len(&mut p, body.len());
     p.extend_from_slice(&body);
@@ -1075,6 +1120,8 @@ async fn run(o: Opts, nofile: u64) -> String {
         run_conns(&o, addr, nofile, &mut j, &mut errors).await;
     } else if o.scenario == Scenario::Subs {
         run_subs(&o, addr, &mut j, &mut errors).await;
+    } else if o.scenario == Scenario::Storm {
+        run_storm(&o, addr, &mut j, &mut errors).await;
     } else {
         run_traffic(&o, addr, &mut j, &mut errors).await;
     }
@@ -1138,7 +1185,9 @@ async fn run_traffic(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Erro
             subs.push(("latency/t".into(), format!("ld{tag}-sub"), true));
             pubs.push("latency/t".into());
         }
-        Scenario::Conns | Scenario::Subs => unreachable!("conns and subs have their own runners"),
+        Scenario::Conns | Scenario::Subs | Scenario::Storm => {
+            unreachable!("conns, subs and storm have their own runners")
+        }
     }
     j.num("publishers", pubs.len())
         .num("subscribers", subs.len())
@@ -1402,6 +1451,171 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Reconnect storm
+
+/// One wave of the storm scenario: every device connects with its credentials, at most
+/// `--connect-concurrency` handshakes in flight. Returns the open connections and the
+/// seconds the wave took.
+async fn storm_wave(o: &Opts, addr: SocketAddr, errors: &mut Errors) -> (Vec<TcpStream>, f64) {
+    let deadline = Instant::now() + Duration::from_secs(o.duration.max(60));
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(o.connections);
+    let mut set = tokio::task::JoinSet::new();
+    let mut next = 0usize;
+    loop {
+        while set.len() < o.conn_concurrency && next < o.connections {
+            let id = format!("{}{next}", o.user_prefix);
+            let password = o.password.clone();
+            next += 1;
+            set.spawn(async move {
+                let mut s = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| describe_io("connect", &e))?;
+                let _ = s.set_nodelay(true);
+                s.write_all(&connect_packet_as(
+                    &id,
+                    true,
+                    KEEPALIVE,
+                    Some((&id, &password)),
+                ))
+                .await
+                .map_err(|e| describe_io("CONNECT", &e))?;
+                let mut ack = [0u8; 4];
+                s.read_exact(&mut ack)
+                    .await
+                    .map_err(|e| describe_io("CONNACK", &e))?;
+                if ack[0] != 0x20 || ack[3] != 0 {
+                    return Err(format!("{id}: CONNACK refused: {ack:?}"));
+                }
+                Ok(s)
+            });
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, set.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(Ok(s)))) => conns.push(s),
+            Ok(Some(Ok(Err(e)))) => errors.add(e),
+            Ok(Some(Err(e))) => errors.add(format!("connect task: {e}")),
+            Err(_) => {
+                errors.add(format!("storm wave deadline: {} connected", conns.len()));
+                set.abort_all();
+                break;
+            }
+        }
+    }
+    (conns, started.elapsed().as_secs_f64())
+}
+
+/// The unrelated client of the storm scenario, on its own thread and runtime so the
+/// storm's tasks do not delay its measurements: publishes QoS 1 to `storm/probe`, the
+/// next one after each PUBACK, until `stop`, and returns the PUBACK latencies (nanos).
+fn storm_probe(
+    addr: SocketAddr,
+    client_id: String,
+    ready: std::sync::mpsc::Sender<()>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Hist, String>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            let mut conn = Conn::open(addr, &client_id, true, KEEPALIVE).await?;
+            let template = PublishTemplate::new("storm/probe", 1, 16);
+            let mut hist = Hist::new();
+            let mut id = 0u16;
+            let mut out = Vec::new();
+            let mut announced = false;
+            while !stop.load(Ordering::Relaxed) {
+                out.clear();
+                template.encode(&mut out, next_packet_id(&mut id), 0);
+                let sent = Instant::now();
+                conn.wr
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| describe_io("PUBLISH", &e))?;
+                conn.expect(4, "PUBACK").await?;
+                hist.record(sent.elapsed().as_nanos() as u64);
+                if !announced {
+                    announced = true;
+                    let _ = ready.send(());
+                }
+            }
+            conn.disconnect().await;
+            Ok(hist)
+        })
+    })
+}
+
+/// The storm scenario (see `USAGE`): the devices' first connects, then `--waves`
+/// reconnect storms, each phase measured with the unrelated client's PUBACK latency.
+async fn run_storm(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Errors) {
+    let tag = std::process::id();
+    j.num("devices", o.connections)
+        .num("waves", o.waves)
+        .num("connect_concurrency", o.conn_concurrency);
+    let mut conns: Vec<TcpStream> = Vec::new();
+    for (phase, waves) in [("first", 1), ("again", o.waves)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let probe = storm_probe(addr, format!("ld{tag}-probe"), ready_tx, Arc::clone(&stop));
+        // The probe's first PUBACK: it is connected and measuring.
+        let ready = tokio::task::spawn_blocking(move || {
+            ready_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if !ready {
+            errors.add("the probe client did not get its first PUBACK".into());
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        let (mut connected, mut secs) = (0usize, 0.0f64);
+        for _ in 0..waves {
+            for mut s in conns.drain(..) {
+                let _ = s.write_all(&DISCONNECT).await;
+            }
+            let (wave, wave_secs) = storm_wave(o, addr, errors).await;
+            connected += wave.len();
+            secs += wave_secs;
+            conns = wave;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let hist = match tokio::task::spawn_blocking(move || probe.join()).await {
+            Ok(Ok(Ok(h))) => h,
+            Ok(Ok(Err(e))) => {
+                errors.add(format!("probe: {e}"));
+                Hist::new()
+            }
+            _ => {
+                errors.add("probe thread failed".into());
+                Hist::new()
+            }
+        };
+        let ms = |v: u64| v as f64 / 1e6;
+        j.num(&format!("{phase}_connected"), connected)
+            .f(&format!("{phase}_connect_s"), secs, 3)
+            .f(
+                &format!("{phase}_connects_per_sec"),
+                connected as f64 / secs,
+                0,
+            )
+            .num(&format!("{phase}_pubacks"), hist.n)
+            .f(&format!("{phase}_puback_p50_ms"), ms(hist.quantile(0.5)), 3)
+            .f(
+                &format!("{phase}_puback_p99_ms"),
+                ms(hist.quantile(0.99)),
+                3,
+            )
+            .f(&format!("{phase}_puback_max_ms"), ms(hist.max), 3);
+    }
+    for mut s in conns {
+        let _ = s.write_all(&DISCONNECT).await;
+    }
+}
+
 /// A SUBSCRIBE with several filters, all at `qos`.
 fn subscribe_many_packet(packet_id: u16, filters: &[String], qos: u8) -> Vec<u8> {
     let mut body = Vec::with_capacity(2 + filters.iter().map(|f| f.len() + 3).sum::<usize>());
@@ -1551,7 +1765,7 @@ async fn run_subs(o: &Opts, addr: SocketAddr, j: &mut Json, errors: &mut Errors)
     }
     // Publish phase: one publisher, QoS 0, topics that each match one subscription.
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for conn in conns {
         let received = Arc::clone(&received);

@@ -76,6 +76,11 @@ enum Command {
         user: String,
         #[arg(long)]
         password: Option<String>,
+        /// PBKDF2 iterations. The default suits machine credentials (long random
+        /// secrets); raise it for passwords people choose (OWASP: 210000).
+        #[arg(long, default_value_t = sluice::auth::DEFAULT_PBKDF2_ITERATIONS,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        iterations: u32,
     },
 }
 
@@ -161,9 +166,10 @@ fn main() -> ExitCode {
         file,
         user,
         password,
+        iterations,
     }) = &cli.command
     {
-        return report(passwd(file, user, password.as_deref()));
+        return report(passwd(file, user, password.as_deref(), *iterations));
     }
     init_logging();
     let config = match load_config(&cli) {
@@ -252,7 +258,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn passwd(file: &Path, user: &str, password: Option<&str>) -> anyhow::Result<()> {
+fn passwd(file: &Path, user: &str, password: Option<&str>, iterations: u32) -> anyhow::Result<()> {
     let password = match password {
         Some(p) => p.to_owned(),
         None => {
@@ -269,7 +275,12 @@ fn passwd(file: &Path, user: &str, password: Option<&str>) -> anyhow::Result<()>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
     };
-    let updated = sluice::auth::upsert_password_line(&text, user, password.as_bytes())?;
+    let updated = sluice::auth::upsert_password_line_with_iterations(
+        &text,
+        user,
+        password.as_bytes(),
+        iterations,
+    )?;
     write_private(file, updated.as_bytes())
         .with_context(|| format!("cannot write {}", file.display()))?;
     println!("{user} written to {}", file.display());

@@ -52,6 +52,11 @@ pub const TLS_HANDSHAKES: &str = "sluice_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "sluice_tls_handshake_failures_total";
 pub const AUTH_FAILURES: &str = "sluice_auth_failures_total";
 pub const ACL_DENIED: &str = "sluice_acl_denied_total";
+/// Password checks by `result`: cached (a verified password seen again), verified,
+/// failed (wrong password or unknown user), busy (no hashing slot before the deadline).
+pub const PASSWORD_CHECKS: &str = "sluice_password_checks_total";
+/// Time a password check that was not cached took, waiting for a hashing slot included.
+pub const PASSWORD_CHECK_DURATION: &str = "sluice_password_check_duration_seconds";
 // Queues (sampled).
 pub const QUEUED_MESSAGES: &str = "sluice_queued_messages";
 pub const QUEUED_BYTES: &str = "sluice_queued_bytes";
@@ -170,6 +175,15 @@ pub fn describe_all() {
     describe_counter!(
         AUTH_FAILURES,
         "CONNECTs refused by authentication, by reason (password, anonymous, no_identity)."
+    );
+    describe_counter!(
+        PASSWORD_CHECKS,
+        "CONNECT password checks, by result (cached, verified, failed, busy)."
+    );
+    describe_histogram!(
+        PASSWORD_CHECK_DURATION,
+        Unit::Seconds,
+        "Time a password check that was not cached took, waiting for a hashing slot included."
     );
     describe_counter!(
         ACL_DENIED,
@@ -559,6 +573,10 @@ pub fn install(prometheus: bool) -> anyhow::Result<Option<PrometheusHandle>> {
             .set_buckets_for_metric(Matcher::Full(SESSION_BACKLOG_AGE.to_string()), AGE_BUCKETS)?
             .set_buckets_for_metric(
                 Matcher::Full(INBOUND_THROTTLE_WAIT.to_string()),
+                THROTTLE_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full(PASSWORD_CHECK_DURATION.to_string()),
                 THROTTLE_BUCKETS,
             )?
             .build_recorder();

@@ -310,6 +310,66 @@ async fn reload_with_a_malformed_password_file_keeps_the_old_one() {
     login(a.strict(), Connect::v311("alice-3"), "alice", "alice-pw").await;
 }
 
+/// Password hashes are costly on purpose; checking them must not stall the broker. With
+/// a password file of slow hashes, a burst of concurrent CONNECTs (all accepted) must
+/// not hold up an unrelated client's QoS 1 PUBACKs: the hashes run on a bounded
+/// blocking pool, not on the workers that serve connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_password_checks_does_not_stall_other_clients() {
+    const DEVICES: usize = 12;
+    // Tens of milliseconds of PBKDF2 per check in a debug build.
+    const ITERATIONS: u32 = 5_000;
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let started = std::time::Instant::now();
+    let hash =
+        sluice::auth::hash_password_with_iterations(b"device-secret", ITERATIONS).expect("hash");
+    println!("one check takes about {:?} here", started.elapsed());
+    let lines: String = (0..DEVICES).map(|i| format!("dev{i}:{hash}\n")).collect();
+    let passwd = write_file(dir.path(), "passwd", &lines);
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[auth]\npassword_file = {:?}\n",
+        passwd.to_str().expect("utf-8 path")
+    );
+    let broker = Sluice::start(dir, &config, &["--sys-interval", "0"]);
+    let port = broker.port("mqtt", 0);
+    let mut steady = Cl::from(RawClient::v311(port, "steady").await);
+
+    let storm: Vec<_> = (0..DEVICES)
+        .map(|i| {
+            tokio::spawn(async move {
+                let connect = with_user(
+                    Connect::v311(&format!("dev{i}")),
+                    &format!("dev{i}"),
+                    "device-secret",
+                );
+                let (_c, code) = connack(port, &connect).await;
+                code
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    let mut sent: u16 = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sent < 5 || !storm.iter().all(|t| t.is_finished()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CONNECTs did not finish"
+        );
+        sent += 1;
+        let t = std::time::Instant::now();
+        assert_eq!(publish(&mut steady, sent, "steady/t", b"x").await, 0);
+        worst = worst.max(t.elapsed());
+    }
+    for task in storm {
+        assert_eq!(task.await.expect("connect task"), 0, "a device was refused");
+    }
+    println!("{sent} PUBACKs during the storm, worst {worst:?}");
+    assert!(
+        worst < Duration::from_millis(200),
+        "an unrelated PUBACK waited {worst:?} behind password checks"
+    );
+}
+
 // ---------------------------------------------------------------- ACLs
 
 const USERS: &[(&str, &str)] = &[

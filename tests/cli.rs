@@ -1,4 +1,4 @@
-//! The command line: help, `sluice config`, bad configuration, signals.
+//! The command line: help, `sluice config`, `sluice passwd`, bad configuration, signals.
 
 mod common;
 
@@ -64,6 +64,39 @@ fn config_subcommand_prints_toml_that_parses_and_is_accepted() {
     // The printed file is a valid config for the broker itself.
     let broker = Broker::start_with_config(&text);
     assert!(broker.port() > 0);
+}
+
+#[test]
+fn passwd_writes_the_iteration_count_asked_for() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let file = dir.path().join("passwd");
+    let path = file.to_str().expect("utf-8 path");
+    let out = sluice(&[
+        "passwd",
+        path,
+        "fast",
+        "--password",
+        "pw",
+        "--iterations",
+        "1500",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = sluice(&["passwd", path, "default", "--password", "pw"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&file).expect("password file");
+    assert!(text.contains("fast:$7$1500$"), "{text}");
+    let default = format!("default:$7${}$", sluice::auth::DEFAULT_PBKDF2_ITERATIONS);
+    assert!(text.contains(&default), "{text}");
+    let out = sluice(&[
+        "passwd",
+        path,
+        "zero",
+        "--password",
+        "pw",
+        "--iterations",
+        "0",
+    ]);
+    assert!(!out.status.success(), "0 iterations accepted: {out:?}");
 }
 
 fn expect_config_error(toml: &str, key: &str) {

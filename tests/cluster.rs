@@ -1,8 +1,9 @@
 //! Three sluice nodes on a three-server NATS cluster, all on loopback, behaving as one
 //! broker: fan-out across nodes, a persistent subscriber's node killed with SIGKILL while
 //! its messages are acknowledged elsewhere, session takeover across nodes with queued
-//! messages and a will, retained messages seen cluster-wide, and a shared subscription
-//! split across nodes.
+//! messages and a will, retained messages seen cluster-wide, a shared subscription
+//! split across nodes, and a refused CONNECT (wrong password) that must not take a
+//! session over.
 //!
 //! Needs `nats-server` on PATH (Debian package `nats-server`; `.ci/run` installs it).
 //! The tests run one at a time: each starts six processes.
@@ -11,9 +12,10 @@ mod cluster_support;
 mod common;
 
 use cluster_support::{node_config, NatsCluster};
-use common::packet::{self, Prop};
+use common::packet::{self, Connect, Prop, AUTHENTICATION_METHOD};
 use common::raw::RawClient;
 use common::rumq::v4::{self, QoS};
+use common::rumq::Ev;
 use common::Broker;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -657,4 +659,98 @@ async fn overlapping_subscriptions_of_one_client_get_a_copy_each_with_their_own_
     }
     both.sort();
     assert_eq!(both, vec![(0, vec![7]), (1, vec![300])]);
+}
+
+/// A CONNECT that names another client's id but is refused (wrong password, no
+/// password, an unsupported authentication method) must not touch that client's
+/// session: no claim, no 0x8E on the owning node, no queue shipped [MQTT-3.1.4-3] is
+/// done only for a CONNECT the server accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_on_another_node_does_not_take_the_session_over() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let passwd = dir.path().join("passwd");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&passwd)
+        .args(["victim", "right-password"])
+        .status()
+        .expect("mosquitto_passwd must be installed (Debian package mosquitto)");
+    assert!(made.success(), "mosquitto_passwd failed: {made}");
+    let extra = format!(
+        "[auth]\npassword_file = {:?}\n",
+        passwd.display().to_string()
+    );
+    let a = Broker::start_with_config(&node_config(&nats, "a", &extra));
+    let b = Broker::start_with_config(&node_config(&nats, "b", &extra));
+    wait_cluster_ready(&a, 1);
+    wait_cluster_ready(&b, 1);
+
+    let mut opts = v4::options(a.port(), "victim");
+    opts.set_clean_session(false);
+    opts.set_credentials("victim", "right-password");
+    let (mut victim, _) = v4::connect_with(opts).await;
+    victim.subscribe("alerts/#", QoS::AtLeastOnce).await;
+
+    let bad_password = Connect::v311("victim")
+        .clean(false)
+        .user("victim", b"wrong-password");
+    let no_password = Connect {
+        password: None,
+        ..Connect::v5("victim").clean(false).user("victim", b"")
+    };
+    let auth_method = Connect::v5("victim")
+        .clean(false)
+        .user("victim", b"right-password")
+        .prop(Prop::Str(AUTHENTICATION_METHOD, "SCRAM-SHA-1".into()));
+    for (attack, connect, code) in [
+        ("wrong password", &bad_password, 4),
+        ("no password", &no_password, 0x86),
+        ("authentication method", &auth_method, 0x8C),
+    ] {
+        let mut attacker = RawClient::connect(b.port()).await;
+        attacker.v5 = connect.level == packet::V5;
+        attacker.send(&connect.build()).await;
+        let connack = attacker.expect(packet::CONNACK, "CONNACK").await;
+        assert_eq!(connack.connack(), (false, code), "{attack}: CONNACK");
+        attacker.expect_closed().await;
+        // The owner was never asked for the session: the victim is still connected
+        // and still subscribed (a kick would be in its inbox before this message).
+        let mut publisher = v4::connect(a.port(), "alert-pub").await;
+        publisher
+            .publish("alerts/1", QoS::AtLeastOnce, false, attack)
+            .await;
+        let p = victim.recv().await;
+        assert_eq!(
+            &p.payload[..],
+            attack.as_bytes(),
+            "after the {attack} CONNECT"
+        );
+        assert!(
+            victim
+                .inbox
+                .try_wait(Duration::ZERO, |e| matches!(e, Ev::Closed(_)).then_some(()))
+                .await
+                .is_none(),
+            "the victim was disconnected by the {attack} CONNECT"
+        );
+        publisher.disconnect().await;
+    }
+    for node in [&a, &b] {
+        let log = node.stderr();
+        assert!(
+            !log.contains("session handed to another node") && !log.contains("taken over"),
+            "a session moved:\n{}",
+            node.stderr_tail()
+        );
+    }
+    // And the session is still there for its rightful client.
+    victim.disconnect().await;
+    let mut opts = v4::options(a.port(), "victim");
+    opts.set_clean_session(false);
+    opts.set_credentials("victim", "right-password");
+    let (_victim, present) = v4::connect_with(opts).await;
+    assert!(present, "the victim's session survived");
 }

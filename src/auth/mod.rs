@@ -5,15 +5,19 @@
 //! and reading and evaluating mosquitto `acl_file`s ([`AclFile`]). Operators point sluice at
 //! the files they already have; nothing is converted.
 //!
-//! Who calls it: the connection handshake calls [`PasswordFile::verify`] on CONNECT; the
+//! It also owns checking a CONNECT's password off the tokio workers on a bounded number
+//! of hashing slots ([`PasswordChecks`]), and the per-load cache of successful checks
+//! ([`VerifiedCache`]) that makes a reconnect cost no hash.
+//!
+//! Who calls it: the connection handshake calls [`PasswordChecks::verify`] on CONNECT; the
 //! SUBSCRIBE path calls [`AclFile::check_subscribe`] per requested filter; the PUBLISH path
 //! calls [`AclFile::check`] with [`Access::Write`]; the delivery path calls
 //! [`AclFile::check`] with [`Access::Read`] for every message before it is queued to a
 //! subscriber (a granted subscription can still cover topics a `deny` rule forbids, exactly
 //! as in mosquitto, so the per-delivery check is required, not an optimisation).
 //!
-//! This is a leaf: it knows nothing about sockets, sessions or the rest of the broker, and
-//! does no I/O except reading the file it is asked to load.
+//! It knows nothing about sockets, sessions or the rest of the broker, and does no I/O
+//! except reading the file it is asked to load.
 //!
 //! What it must never do: log, print, or put into an error or `Debug` output a password or
 //! a stored hash. Errors name the file and line number and say what is wrong, never what
@@ -22,14 +26,18 @@
 use std::path::PathBuf;
 
 mod acl;
+mod check;
 mod filter;
 mod password;
+mod verified;
 
 pub use acl::{Access, AclFile};
+pub use check::{PasswordCheck, PasswordChecks};
 pub use password::{
-    hash_password, hash_password_with_iterations, upsert_password_line, PasswordFile,
-    DEFAULT_PBKDF2_ITERATIONS,
+    hash_password, hash_password_with_iterations, upsert_password_line,
+    upsert_password_line_with_iterations, PasswordFile, DEFAULT_PBKDF2_ITERATIONS,
 };
+pub use verified::{VerifiedCache, DEFAULT_VERIFIED_CACHE_ENTRIES};
 
 /// Why a security file could not be loaded, or an entry could not be written.
 ///
@@ -59,11 +67,13 @@ pub enum AuthError {
     Random(String),
 }
 
-/// The password and ACL files in force; replaced whole on SIGHUP.
-#[derive(Debug, Default)]
+/// The password and ACL files in force; replaced whole on SIGHUP, which also empties
+/// the cache of successful password checks (it belongs to the password file it checked).
+#[derive(Debug)]
 pub struct AuthFiles {
     pub passwords: Option<PasswordFile>,
     pub acl: Option<AclFile>,
+    pub verified: VerifiedCache,
 }
 
 impl AuthFiles {
@@ -76,6 +86,7 @@ impl AuthFiles {
                 .map(PasswordFile::load)
                 .transpose()?,
             acl: config.acl_file.as_deref().map(AclFile::load).transpose()?,
+            verified: VerifiedCache::new(DEFAULT_VERIFIED_CACHE_ENTRIES)?,
         })
     }
 

@@ -72,6 +72,8 @@ pub struct Broker {
     pub store: Store,
     /// Password and ACL files in force (swapped whole on SIGHUP).
     pub auth: RwLock<Arc<AuthFiles>>,
+    /// The bounded pool CONNECT password checks hash on (never a tokio worker).
+    pub password_checks: crate::auth::PasswordChecks,
     /// Bound listeners, for SIGHUP's certificate reload.
     listeners: parking_lot::Mutex<Vec<Arc<Listener>>>,
     /// This node's cluster membership, when `[cluster] enabled`.
@@ -140,6 +142,9 @@ impl Broker {
         let guards = crate::limits::Guards::new(&config.limits);
         let broker = Arc::new(Broker {
             auth: RwLock::new(Arc::new(auth)),
+            password_checks: crate::auth::PasswordChecks::new(
+                crate::auth::PasswordChecks::default_slots(),
+            ),
             listeners: parking_lot::Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
             dead_letter_log: crate::limits::LogEvery::new(Duration::from_secs(1)),

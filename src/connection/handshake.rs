@@ -1,7 +1,11 @@
 //! The handshake: reading CONNECT within its time limit, validating it, authenticating the
-//! client, and attaching its session, up to the CONNACK the reader then sends.
+//! client, and attaching its session, up to the CONNACK the reader then sends. Everything
+//! that can refuse a CONNECT without looking at sessions ([`Connection::authorize`]) comes
+//! before the session is attached ([`Connection::attach`]), and the caller claims a
+//! session from another node only in between, for a CONNECT that will be accepted.
 
 use super::*;
+use crate::auth::PasswordCheck;
 
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
@@ -21,14 +25,15 @@ pub(super) enum ConnectFailure {
     Close(String),
 }
 
-/// Reads until one CONNECT is decoded, within the configured time [MQTT-3.1.0-1].
+/// Reads until one CONNECT is decoded, by `deadline` (the configured connect timeout)
+/// [MQTT-3.1.0-1].
 pub(super) async fn read_connect<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     broker: &Broker,
+    deadline: Instant,
 ) -> Result<Box<Connect>, ConnectFailure> {
     let limits = &broker.config.limits;
-    let deadline = Instant::now() + Duration::from_secs(limits.connect_timeout_secs);
     loop {
         match protocol::decode(buf, None, limits.max_packet_size as usize) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
@@ -78,11 +83,13 @@ type Refusal = Box<(ConnAck, ProtocolVersion, String)>;
 /// Checks who the client is: a certificate identity (when the listener uses it as the
 /// username), a username and password against the password file, or anonymous where
 /// the listener allows it. Returns the username ACLs will see. The password is never
-/// logged.
-fn authenticate(
+/// logged. A password is hashed on the bounded hashing pool (src/auth/check.rs); a client
+/// still waiting for a slot at `deadline` is refused as busy.
+async fn authenticate(
     connect: &Connect,
     broker: &Broker,
     info: &ConnInfo,
+    deadline: Instant,
 ) -> Result<Option<String>, Refusal> {
     let v = connect.version;
     let listener = &info.listener.config;
@@ -111,14 +118,27 @@ fn authenticate(
         ));
     };
     let files = broker.auth_files();
-    if let Some(passwords) = &files.passwords {
+    if files.passwords.is_some() {
         let password = connect.password.as_deref().unwrap_or_default();
-        if !passwords.verify(username, password) {
-            return Err(fail(
-                reason::BAD_USER_NAME_OR_PASSWORD,
-                &format!("bad username or password for user {username:?}"),
-                "password",
-            ));
+        let check = broker.password_checks.verify(&files, username, password);
+        match tokio::time::timeout_at(deadline, check).await {
+            Ok(PasswordCheck::Valid) => {}
+            Ok(PasswordCheck::Invalid) => {
+                return Err(fail(
+                    reason::BAD_USER_NAME_OR_PASSWORD,
+                    &format!("bad username or password for user {username:?}"),
+                    "password",
+                ))
+            }
+            Err(_) => {
+                metrics::counter!(metric::PASSWORD_CHECKS, "result" => "busy").increment(1);
+                // 0x89 Server busy (MQTT 5 3.2.2.2); a 3.1.1 client gets 3, Server unavailable.
+                return Err(refuse(
+                    v,
+                    reason::SERVER_BUSY,
+                    format!("no password check slot for user {username:?} in time"),
+                ));
+            }
         }
     }
     Ok(Some(username.clone()))
@@ -136,22 +156,49 @@ fn refuse(version: ProtocolVersion, code: u8, why: impl Into<String>) -> Refusal
     ))
 }
 
+/// A CONNECT that will be accepted: validated, its client authenticated and its will
+/// authorized, with what attaching its session needs. Nothing about sessions has been
+/// touched to make one, so a refusal before this point costs no session state, no store
+/// write and no cluster round trip.
+pub(super) struct Authorized {
+    connect: Box<Connect>,
+    /// The client's id, or the one assigned to it when it sent none.
+    pub(super) client_id: String,
+    /// Whether `client_id` was assigned here (such a session is new everywhere).
+    pub(super) assigned: bool,
+    username: Option<String>,
+    keep_alive: u16,
+    clean_start: bool,
+    expiry_secs: u32,
+    link: LinkLimits,
+    props: ConnAckProperties,
+}
+
+impl Authorized {
+    pub(super) fn connect(&self) -> &Connect {
+        &self.connect
+    }
+}
+
 impl Connection {
-    /// Validates CONNECT, attaches (or creates, or takes over) the session, and prepares
-    /// the CONNACK.
-    pub(super) fn handshake(
+    /// Validates CONNECT and authenticates and authorizes its client: every refusal
+    /// that does not depend on session state is decided here, before the session is
+    /// looked at (and, in a cluster, before it is claimed from another node). Waits for
+    /// a password check on the bounded hashing pool, at most until `deadline`.
+    pub(super) async fn authorize(
         connect: Box<Connect>,
         broker: &Arc<Broker>,
         info: &ConnInfo,
-        imported: Option<crate::session::persist::PersistedSession>,
-    ) -> Result<Connection, Refusal> {
+        deadline: Instant,
+    ) -> Result<Authorized, Refusal> {
         let cfg = &broker.config;
         let limits = &cfg.limits;
         let v = connect.version;
         let mut props = ConnAckProperties::default();
 
         let mut client_id = connect.client_id.clone();
-        if client_id.is_empty() {
+        let assigned = client_id.is_empty();
+        if assigned {
             let may_assign = match v {
                 ProtocolVersion::V5 => true,
                 ProtocolVersion::V3_1_1 => connect.clean_start,
@@ -180,7 +227,7 @@ impl Connection {
                 ),
             ));
         }
-        let username = authenticate(&connect, broker, info)?;
+        let username = authenticate(&connect, broker, info, deadline).await?;
         let files = broker.auth_files();
         if let Some(will) = &connect.will {
             // A will is a publish made on the client's behalf: the ACL applies to it as it
@@ -272,6 +319,39 @@ impl Connection {
                 .min(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
             max_packet_size: connect.properties.maximum_packet_size,
         };
+        Ok(Authorized {
+            connect,
+            client_id,
+            assigned,
+            username,
+            keep_alive,
+            clean_start,
+            expiry_secs,
+            link,
+            props,
+        })
+    }
+
+    /// Attaches (or creates, or takes over) the session of an authorized CONNECT and
+    /// prepares the CONNACK. `imported` is the session another node handed over.
+    pub(super) fn attach(
+        authorized: Authorized,
+        broker: &Arc<Broker>,
+        imported: Option<crate::session::persist::PersistedSession>,
+    ) -> Connection {
+        let Authorized {
+            connect,
+            client_id,
+            assigned: _,
+            username,
+            keep_alive,
+            clean_start,
+            expiry_secs,
+            link,
+            mut props,
+        } = authorized;
+        let limits = &broker.config.limits;
+        let v = connect.version;
         let conn_id = next_connection_id();
         let (kick_tx, kick_rx) = oneshot::channel();
         let client_id: Arc<str> = Arc::from(client_id);
@@ -317,7 +397,7 @@ impl Connection {
             session_present = present,
             "client connected"
         );
-        Ok(Connection {
+        Connection {
             version: v,
             conn_id,
             session,
@@ -335,6 +415,6 @@ impl Connection {
             records,
             discarded,
             username,
-        })
+        }
     }
 }

@@ -235,23 +235,35 @@ where
     // The read buffer is allocated when bytes arrive (see `poll_read_some`), so a
     // connection that is only waiting costs no buffer.
     let mut buf = BytesMut::new();
-    let connect = read_connect(&mut rd, &mut buf, broker).await;
-    drop(pending);
+    // Reading CONNECT and checking its password share the connect timeout.
+    let deadline = Instant::now() + Duration::from_secs(broker.config.limits.connect_timeout_secs);
+    let connect = read_connect(&mut rd, &mut buf, broker, deadline).await;
     let refusal = match connect {
         Ok(connect) => {
-            // In a cluster, a session owned by another node comes here first (its client
-            // there is disconnected with 0x8E) [MQTT-3.1.4-3].
-            let imported = match broker.cluster() {
-                Some(cluster)
-                    if !connect.client_id.is_empty()
-                        && !broker.is_dead_letter_session(&connect.client_id) =>
-                {
-                    Box::pin(cluster.claim(&connect.client_id, connect.clean_start)).await
-                }
-                _ => None,
-            };
-            match Connection::handshake(connect, broker, info, imported) {
-                Ok(conn) => {
+            // A connection waiting for its password check still counts as pending, so a
+            // flood of CONNECTs queues at most max_pending_connects checks.
+            let authorized = Connection::authorize(connect, broker, info, deadline).await;
+            drop(pending);
+            match authorized {
+                Ok(authorized) => {
+                    // In a cluster, a session owned by another node comes here first (its
+                    // client there is disconnected with 0x8E) [MQTT-3.1.4-3]. Only for a
+                    // CONNECT that will be accepted: a client that fails authentication must
+                    // not be able to end someone else's session by naming its client id.
+                    let imported = match broker.cluster() {
+                        Some(cluster)
+                            if !authorized.assigned
+                                && !broker.is_dead_letter_session(&authorized.client_id) =>
+                        {
+                            Box::pin(
+                                cluster
+                                    .claim(&authorized.client_id, authorized.connect().clean_start),
+                            )
+                            .await
+                        }
+                        _ => None,
+                    };
+                    let conn = Connection::attach(authorized, broker, imported);
                     tracing::Span::current().record("client_id", &*conn.session.client_id);
                     // On the heap: the connection's future then holds a pointer to it.
                     return Some((Box::new(conn), rd, wr, buf));

@@ -54,6 +54,7 @@ pub const CORRELATION_DATA: u8 = 0x09;
 pub const SUBSCRIPTION_ID: u8 = 0x0B;
 pub const SESSION_EXPIRY: u8 = 0x11;
 pub const ASSIGNED_CLIENT_ID: u8 = 0x12;
+pub const AUTHENTICATION_METHOD: u8 = 0x15;
 pub const WILL_DELAY: u8 = 0x18;
 pub const RECEIVE_MAXIMUM: u8 = 0x21;
 pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
@@ -164,6 +165,13 @@ impl Connect {
 
     pub fn clean(mut self, clean: bool) -> Connect {
         self.clean = clean;
+        self
+    }
+
+    /// Sets the username and password.
+    pub fn user(mut self, name: &str, password: &[u8]) -> Connect {
+        self.username = Some(name.into());
+        self.password = Some(password.to_vec());
         self
     }
 
