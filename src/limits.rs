@@ -44,9 +44,10 @@ impl Guards {
 // ------------------------------------------------------------------------ queue budget
 
 /// Bytes held by all sessions together ([limits] max_total_queued_bytes): what sits in
-/// their queues and inflight windows, counted as topic + payload +
-/// [`crate::session::ENTRY_OVERHEAD`] per entry. Each session charges the difference whenever what it holds changes; over the
-/// limit, publishers stop being read until it is back under (see [`ReadGate`]).
+/// their queues and inflight windows, counted as topic + payload + the session's
+/// `ENTRY_OVERHEAD` per entry. Each session charges the difference whenever what it holds
+/// changes; over the limit, publishers stop being read until it is back under (see
+/// [`ReadGate`]).
 #[derive(Debug)]
 pub struct QueueBudget {
     used: AtomicUsize,
