@@ -7,6 +7,7 @@
 //! module that knows the wire format.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod cluster;

@@ -15,7 +15,8 @@ use std::time::Duration;
 /// sluice: an MQTT 3.1/3.1.1/5.0 broker whose acknowledged QoS 1 messages are never lost.
 ///
 /// With no arguments it serves plain MQTT on 127.0.0.1:1883, keeps its data in ./data and
-/// serves Prometheus metrics on 127.0.0.1:9641/metrics. When ready it prints one line,
+/// serves Prometheus metrics, the admin API and the console on 127.0.0.1:9641 (/metrics,
+/// /api/v1/..., /). When ready it prints one line,
 /// `sluice ready mqtt=ADDR ...`, naming every bound address.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about)]
@@ -30,9 +31,13 @@ struct Cli {
     /// Directory for the durable log.
     #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
-    /// Prometheus metrics address (port 0 picks a free port).
+    /// HTTP address for /metrics, and for the admin API and console unless
+    /// --admin-listen gives them their own (port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// A port of their own for the admin API and console (overrides `[admin] listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<SocketAddr>,
     /// TLS listener address (needs --tls-cert and --tls-key); added to the listeners.
     #[arg(long, value_name = "HOST:PORT", requires_all = ["tls_cert", "tls_key"])]
     tls_listen: Option<SocketAddr>,
@@ -364,6 +369,9 @@ fn load_config(cli: &Cli) -> Result<Config, sluice::config::ConfigError> {
     if let Some(addr) = cli.metrics_listen {
         config.metrics.listen = addr;
     }
+    if let Some(addr) = cli.admin_listen {
+        config.admin.listen = Some(addr);
+    }
     if let Some(secs) = cli.sys_interval {
         config.metrics.sys_interval_secs = secs;
     }
@@ -378,34 +386,39 @@ async fn run(config: Config, sys_interval: Duration) -> anyhow::Result<()> {
     // Before the broker starts, so every metric handle it takes is the real one.
     let handle = sluice::metrics::install(config.metrics.enabled)
         .context("cannot install the metrics recorder")?;
-    // Bound before the store opens: a taken metrics port fails start-up cleanly.
-    let metrics_listener = match &handle {
-        Some(_) => Some(
-            sluice::metrics::bind(config.metrics.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.metrics.listen))?,
-        ),
-        None => None,
-    };
+    // Bound before the store opens: a taken HTTP port fails start-up cleanly.
+    let http = sluice::admin::server::Bound::bind(
+        config.metrics.enabled,
+        config.metrics.listen,
+        &config.admin,
+    )
+    .await
+    .context("cannot start the HTTP server")?;
+    let admin_config = config.admin.clone();
     let running = Broker::start(config).await.context("start-up failed")?;
     let broker = &running.broker;
     let mut ready = String::from("sluice ready");
     for (scheme, addr) in &running.listener_addrs {
         ready.push_str(&format!(" {scheme}={addr}"));
     }
-    if let (Some(handle), Some((listener, addr))) = (&handle, metrics_listener) {
-        let b = Arc::clone(broker);
-        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            sluice::sys::sample(&b, false);
-        });
-        tokio::spawn(sluice::metrics::serve(
-            listener,
-            handle.clone(),
-            broker.shutdown.clone(),
-            refresh,
-        ));
+    if let (Some(_), Some(addr)) = (&handle, http.metrics_addr()) {
         ready.push_str(&format!(" metrics={addr}"));
     }
+    if let Some(addr) = http.admin_addr() {
+        ready.push_str(&format!(" admin={addr}"));
+    }
+    let tokens = http.reloader();
+    let b = Arc::clone(broker);
+    let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        sluice::sys::sample(&b, false);
+    });
+    http.serve(
+        sluice::admin::Admin::new(Arc::clone(broker)),
+        admin_config,
+        handle.clone(),
+        refresh,
+        broker.shutdown.clone(),
+    );
     sluice::sys::start(broker, sys_interval, handle);
     {
         let mut stdout = std::io::stdout().lock();
@@ -413,14 +426,17 @@ async fn run(config: Config, sys_interval: Duration) -> anyhow::Result<()> {
         stdout.flush().context("cannot write the ready line")?;
     }
     tracing::info!(addrs = ?running.mqtt_addrs, "sluice is ready");
-    signals.wait_for_shutdown(&running.broker).await;
+    signals
+        .wait_for_shutdown(&running.broker, &|| tokens.reload())
+        .await;
     tracing::info!("shutting down");
     running.broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGINT/SIGTERM stop the broker; SIGHUP reloads certificates, passwords and ACLs.
+/// SIGINT/SIGTERM stop the broker; SIGHUP reloads certificates, passwords, ACLs and the
+/// admin tokens.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -437,14 +453,15 @@ impl Signals {
         })
     }
 
-    async fn wait_for_shutdown(mut self, broker: &Broker) {
+    async fn wait_for_shutdown(mut self, broker: &Broker, reload_tokens: &dyn Fn()) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading certificates, password and ACL files");
+                    tracing::info!("SIGHUP: reloading certificates, password, ACL and admin token files");
                     broker.reload();
+                    reload_tokens();
                 }
             }
         }

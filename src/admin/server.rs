@@ -1,0 +1,553 @@
+//! The one HTTP server sluice runs: `/metrics` for Prometheus, the admin API under
+//! `/api/v1/`, and the console page at `/`.
+//!
+//! By default everything is served on the metrics address (`[metrics] listen`); with
+//! `[admin] listen` the API and console get a port of their own and the metrics address
+//! keeps `/metrics` only. Started by main.rs after the broker; stops on the broker's
+//! shutdown. Requests are bounded: at most `[admin] max_concurrent_requests` at once
+//! (more wait), a body of at most [`MAX_BODY`], and `[admin] request_timeout_secs` each.
+//! Every API request passes [`guard`] (tokens, see src/admin/auth.rs); `/metrics` does
+//! too when `[admin] metrics_require_token`. The console's static files need no token:
+//! they hold no data, and the page asks for a token when the API wants one. Handlers
+//! reach the broker only through [`Admin`]; none blocks the runtime.
+
+use super::auth::{Tokens, Verdict};
+use super::{Admin, AdminError, DeadLetterSelection, DEFAULT_PAGE, MAX_PAGE};
+use crate::config::AdminConfig;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::RwLock;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// Largest request body accepted (a dead-letter selection is a few hundred bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load the admin token file")]
+    Tokens(#[from] super::auth::TokenError),
+}
+
+/// The sockets, bound before the broker starts so a taken port fails start-up cleanly.
+#[derive(Debug)]
+pub struct Bound {
+    /// Serves `/metrics` (and everything else unless `api` is set).
+    main: Option<(TcpListener, SocketAddr)>,
+    /// The API and console's own port (`[admin] listen`).
+    api: Option<(TcpListener, SocketAddr)>,
+    tokens: Arc<RwLock<Arc<Tokens>>>,
+    token_file: Option<PathBuf>,
+}
+
+/// Reloads the token file (SIGHUP); a file that fails to load keeps the tokens in force.
+#[derive(Debug, Clone)]
+pub struct TokenReloader {
+    tokens: Arc<RwLock<Arc<Tokens>>>,
+    token_file: Option<PathBuf>,
+}
+
+impl TokenReloader {
+    pub fn reload(&self) {
+        let Some(path) = &self.token_file else {
+            return;
+        };
+        match Tokens::load(path) {
+            Ok(t) => {
+                tracing::info!(tokens = t.len(), "admin token file reloaded");
+                *self.tokens.write() = Arc::new(t);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admin token reload failed; keeping the previous tokens")
+            }
+        }
+    }
+}
+
+async fn bind_one(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
+}
+
+impl Bound {
+    /// Binds the metrics address (when metrics are on) and `[admin] listen`, and loads
+    /// the token file. With metrics off and no `[admin] listen`, nothing is served.
+    pub async fn bind(
+        metrics_enabled: bool,
+        metrics_listen: SocketAddr,
+        admin: &AdminConfig,
+    ) -> Result<Bound, ServerError> {
+        let tokens = match &admin.token_file {
+            Some(path) => Tokens::load(path)?,
+            None => Tokens::default(),
+        };
+        let main = if metrics_enabled {
+            Some(bind_one(metrics_listen).await?)
+        } else {
+            None
+        };
+        let api = match admin.listen {
+            Some(addr) => Some(bind_one(addr).await?),
+            None => None,
+        };
+        Ok(Bound {
+            main,
+            api,
+            tokens: Arc::new(RwLock::new(Arc::new(tokens))),
+            token_file: admin.token_file.clone(),
+        })
+    }
+
+    /// Where `/metrics` is served, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.main.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Where the API and console are served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().or(self.main.as_ref()).map(|(_, a)| *a)
+    }
+
+    pub fn reloader(&self) -> TokenReloader {
+        TokenReloader {
+            tokens: Arc::clone(&self.tokens),
+            token_file: self.token_file.clone(),
+        }
+    }
+
+    /// Starts serving until `shutdown`. `prometheus` is None when metrics are off;
+    /// `before_render` refreshes the sampled gauges before each scrape.
+    pub fn serve(
+        self,
+        admin: Admin,
+        config: AdminConfig,
+        prometheus: Option<PrometheusHandle>,
+        before_render: Arc<dyn Fn() + Send + Sync>,
+        shutdown: CancellationToken,
+    ) {
+        let state = AppState {
+            admin,
+            tokens: self.tokens,
+            config: Arc::new(config),
+            prometheus,
+            before_render,
+        };
+        let limits = |router: Router| {
+            router
+                .layer(DefaultBodyLimit::max(MAX_BODY))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Duration::from_secs(state.config.request_timeout_secs),
+                ))
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    state.config.max_concurrent_requests,
+                ))
+        };
+        let metrics = metrics_routes(&state);
+        let api = api_routes(&state);
+        match (self.main, self.api) {
+            (Some(main), None) => spawn(main.0, limits(metrics.merge(api)), shutdown),
+            (main, Some(api_listener)) => {
+                if let Some(main) = main {
+                    spawn(main.0, limits(metrics), shutdown.clone());
+                }
+                spawn(api_listener.0, limits(api), shutdown);
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+fn spawn(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let service = router
+        .fallback(not_found)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, service)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+}
+
+#[derive(Clone)]
+struct AppState {
+    admin: Admin,
+    tokens: Arc<RwLock<Arc<Tokens>>>,
+    config: Arc<AdminConfig>,
+    prometheus: Option<PrometheusHandle>,
+    before_render: Arc<dyn Fn() + Send + Sync>,
+}
+
+fn metrics_routes(state: &AppState) -> Router {
+    let router = Router::new().route("/metrics", get(render_metrics));
+    let router = if state.config.metrics_require_token {
+        router.layer(middleware::from_fn_with_state(state.clone(), guard))
+    } else {
+        router
+    };
+    router.with_state(state.clone())
+}
+
+fn api_routes(state: &AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/clients", get(clients))
+        .route("/api/v1/clients/{id}", get(client).delete(kick))
+        .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/sessions/{id}", get(session))
+        .route("/api/v1/subscriptions", get(subscriptions))
+        .route("/api/v1/retained", get(retained).delete(clear_retained))
+        .route("/api/v1/dead-letters", get(dead_letters))
+        .route("/api/v1/dead-letters/replay", post(replay))
+        .route("/api/v1/dead-letters/purge", post(purge))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/{*rest}", get(api_not_found).fallback(api_not_found))
+        .layer(middleware::from_fn_with_state(state.clone(), guard));
+    Router::new()
+        .merge(api)
+        .merge(super::console::routes())
+        .with_state(state.clone())
+}
+
+/// A JSON error: `{"error": "...", "param": "..."}`.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<&'static str>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>, param: Option<&'static str>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+            param,
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match &self {
+            AdminError::BadParam { param, .. } => {
+                error(StatusCode::BAD_REQUEST, self.to_string(), Some(param))
+            }
+            AdminError::NotFound(_) => error(StatusCode::NOT_FOUND, self.to_string(), None),
+            AdminError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, self.to_string(), None),
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not found: try /metrics, /api/v1/stats or /",
+        None,
+    )
+}
+
+async fn api_not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such API endpoint", None)
+}
+
+/// Checks the request's bearer token (see [`Tokens::decide`]): 401 or 403, or on.
+async fn guard(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD);
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().as_bytes().to_vec());
+    let loopback = state.config.loopback_without_token && peer.ip().is_loopback();
+    let tokens = Arc::clone(&state.tokens.read());
+    match tokens.decide(loopback, bearer.as_deref(), write) {
+        Verdict::Allow => next.run(request).await,
+        Verdict::Unauthenticated => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is needed (Authorization: Bearer TOKEN)",
+                None,
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        Verdict::Forbidden => error(
+            StatusCode::FORBIDDEN,
+            "this token is read-only; the request needs a read-write token",
+            None,
+        ),
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.prometheus else {
+        return error(StatusCode::NOT_FOUND, "metrics are disabled", None);
+    };
+    (state.before_render)();
+    let body = handle.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Query parameters, repeats kept, each checked by name.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn one(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(',').map(str::to_string))
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+
+    /// Refuses parameters the endpoint does not know, naming the first.
+    fn only(&self, known: &[&'static str]) -> Result<(), AdminError> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(AdminError::BadParam {
+                param: "query",
+                why: format!("unknown parameter {k:?} (known: {})", known.join(", ")),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn limit(&self) -> Result<usize, AdminError> {
+        match self.one("limit") {
+            None => Ok(DEFAULT_PAGE),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+                _ => Err(AdminError::BadParam {
+                    param: "limit",
+                    why: format!("{v:?} is not a number from 1 to {MAX_PAGE}"),
+                }),
+            },
+        }
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, AdminError> {
+        match self.one(name) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(v) => Err(AdminError::BadParam {
+                param: name,
+                why: format!("{v:?} is not true or false"),
+            }),
+        }
+    }
+}
+
+type Q = Query<Vec<(String, String)>>;
+type ApiResult<T> = Result<Json<T>, AdminError>;
+
+const PAGING: [&str; 2] = ["limit", "after"];
+
+async fn clients(
+    State(s): State<AppState>,
+    Query(q): Q,
+) -> ApiResult<super::Page<super::ClientEntry>> {
+    let p = Params(q);
+    p.only(&PAGING)?;
+    Ok(Json(s.admin.clients(p.one("after"), p.limit()?)))
+}
+
+async fn client(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<super::ClientEntry> {
+    Ok(Json(s.admin.client(&id)?))
+}
+
+async fn kick(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> ApiResult<super::KickOutcome> {
+    let p = Params(q);
+    p.only(&["discard_session"])?;
+    Ok(Json(s.admin.kick(&id, p.flag("discard_session")?).await?))
+}
+
+async fn sessions(
+    State(s): State<AppState>,
+    Query(q): Q,
+) -> ApiResult<super::Page<super::SessionEntry>> {
+    let p = Params(q);
+    p.only(&["limit", "after", "sort"])?;
+    let by_backlog = match p.one("sort") {
+        None | Some("client_id") => false,
+        Some("backlog") => true,
+        Some(v) => {
+            return Err(AdminError::BadParam {
+                param: "sort",
+                why: format!("{v:?} is not backlog or client_id"),
+            })
+        }
+    };
+    Ok(Json(s.admin.sessions(
+        by_backlog,
+        p.one("after"),
+        p.limit()?,
+    )?))
+}
+
+async fn session(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<super::SessionEntry> {
+    Ok(Json(s.admin.session(&id)?))
+}
+
+async fn subscriptions(
+    State(s): State<AppState>,
+    Query(q): Q,
+) -> ApiResult<super::Page<super::SubscriptionEntry>> {
+    let p = Params(q);
+    p.only(&["limit", "after", "filter", "topic"])?;
+    Ok(Json(s.admin.subscriptions(
+        p.one("filter"),
+        p.one("topic"),
+        p.one("after"),
+        p.limit()?,
+    )?))
+}
+
+async fn retained(
+    State(s): State<AppState>,
+    Query(q): Q,
+) -> ApiResult<super::Page<super::RetainedEntry>> {
+    let p = Params(q);
+    p.only(&["limit", "after", "topic"])?;
+    Ok(Json(s.admin.retained(
+        p.one("topic"),
+        p.one("after"),
+        p.limit()?,
+    )?))
+}
+
+async fn clear_retained(State(s): State<AppState>, Query(q): Q) -> Result<StatusCode, AdminError> {
+    let p = Params(q);
+    p.only(&["topic"])?;
+    let topic = p.one("topic").ok_or(AdminError::BadParam {
+        param: "topic",
+        why: "the topic to clear is required".into(),
+    })?;
+    s.admin.clear_retained(topic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn selection_from_query(p: &Params) -> Result<DeadLetterSelection, AdminError> {
+    let mut ids = Vec::new();
+    for v in p.all("id") {
+        ids.push(v.parse().map_err(|_| AdminError::BadParam {
+            param: "id",
+            why: format!("{v:?} is not a dead letter id"),
+        })?);
+    }
+    Ok(DeadLetterSelection {
+        reasons: p.all("reason"),
+        topics: p.all("topic"),
+        ids,
+        all: false,
+    })
+}
+
+async fn dead_letters(
+    State(s): State<AppState>,
+    Query(q): Q,
+) -> ApiResult<super::Page<super::DeadLetterEntry>> {
+    let p = Params(q);
+    p.only(&["limit", "after", "reason", "topic", "id"])?;
+    let sel = selection_from_query(&p)?;
+    let after = match p.one("after") {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| AdminError::BadParam {
+            param: "after",
+            why: format!("{v:?} is not a dead letter id"),
+        })?),
+    };
+    Ok(Json(s.admin.dead_letters(&sel, after, p.limit()?)?))
+}
+
+/// The body of replay and purge: a JSON [`DeadLetterSelection`].
+fn selection_from_body(body: &Bytes) -> Result<DeadLetterSelection, AdminError> {
+    serde_json::from_slice(body).map_err(|e| AdminError::BadParam {
+        param: "body",
+        why: format!(
+            "expected {{\"reasons\": [..], \"topics\": [..], \"ids\": [..], \"all\": bool}}: {e}"
+        ),
+    })
+}
+
+async fn replay(State(s): State<AppState>, body: Bytes) -> Result<Response, AdminError> {
+    let sel = selection_from_body(&body)?;
+    let out = s.admin.replay(&sel).await?;
+    let status = if out.error.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(out)).into_response())
+}
+
+async fn purge(State(s): State<AppState>, body: Bytes) -> ApiResult<super::PurgeOutcome> {
+    let sel = selection_from_body(&body)?;
+    Ok(Json(s.admin.purge(&sel).await?))
+}
+
+async fn stats(State(s): State<AppState>) -> Json<super::Stats> {
+    Json(s.admin.stats())
+}
+
+async fn cluster(State(s): State<AppState>) -> ApiResult<super::ClusterInfo> {
+    s.admin
+        .cluster()
+        .map(Json)
+        .ok_or_else(|| AdminError::NotFound("this broker is not in cluster mode".into()))
+}
