@@ -1,0 +1,395 @@
+//! The admin HTTP API of the real binary (src/admin/): every endpoint, paging, the
+//! errors (400 naming the parameter, 401, 403, 404), kicking a v5 client (DISCONNECT
+//! 0x98), replaying and purging a selection of dead letters while the others stay, and
+//! the separate admin port. `sluice ctl` is tested here too, against the same broker.
+
+mod common;
+
+use common::packet::{self, Connect, Prop, SESSION_EXPIRY};
+use common::raw::RawClient;
+use common::{http, poll_until, Broker, WAIT};
+use serde_json::Value;
+
+/// Publishes QoS 1 `payload` on `topic` from a fresh 3.1.1 client and waits for the
+/// PUBACK (so the message, and any dead letter it caused, is accepted).
+async fn publish(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let mut c = RawClient::v311(port, "admin-test-publisher").await;
+    c.send(&packet::publish(false, topic, 1, retain, 1, &[], payload))
+        .await;
+    c.expect(packet::PUBACK, "PUBACK").await;
+    c.send(&packet::DISCONNECT).await;
+    c.expect_closed().await;
+}
+
+fn ids(page: &Value, key: &str) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| match &i[key] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+fn error_param(b: &Broker, method: &str, path: &str, body: Option<&str>) -> String {
+    let (status, text) = b.api(method, path, body);
+    assert_eq!(status, 400, "{method} {path}: {text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON error");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{text}");
+    v["param"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn lists_clients_sessions_subscriptions_retained_and_stats() {
+    let b = Broker::start();
+    let port = b.port();
+    let mut v5 = RawClient::v5(port, "c-v5").await;
+    v5.subscribe(1, "live/#", 1).await;
+    let mut v3 = RawClient::v311(port, "c-v3").await;
+    v3.ping().await;
+    // An offline persistent session with a backlog of three.
+    let mut off = RawClient::handshake(port, &Connect::v311("c-offline").clean(false))
+        .await
+        .0;
+    off.subscribe(1, "backlog/#", 1).await;
+    off.send(&packet::DISCONNECT).await;
+    off.expect_closed().await;
+    for i in 0..3 {
+        publish(port, &format!("backlog/{i}"), b"x", false).await;
+    }
+    publish(port, "state/lamp", b"on", true).await;
+
+    let clients = b.api_json("/api/v1/clients");
+    assert_eq!(ids(&clients, "client_id"), ["c-v3", "c-v5"]);
+    let c = b.api_json("/api/v1/clients/c-v5");
+    assert_eq!(c["protocol"], "5.0");
+    assert_eq!(c["listener"], "mqtt");
+    assert!(c["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
+    assert_eq!(c["subscriptions"], 1);
+    assert_eq!(b.api("GET", "/api/v1/clients/c-offline", None).0, 404);
+    assert_eq!(b.api("GET", "/api/v1/clients/nobody", None).0, 404);
+    // Paging: one at a time, then the rest.
+    let first = b.api_json("/api/v1/clients?limit=1");
+    assert_eq!(ids(&first, "client_id"), ["c-v3"]);
+    let next = first["next"].as_str().expect("a next page");
+    let second = b.api_json(&format!("/api/v1/clients?limit=1&after={next}"));
+    assert_eq!(ids(&second, "client_id"), ["c-v5"]);
+    assert!(second["next"].is_null());
+
+    let by_backlog = b.api_json("/api/v1/sessions?sort=backlog");
+    let top = &by_backlog["items"][0];
+    assert_eq!(top["client_id"], "c-offline", "{by_backlog}");
+    assert_eq!(top["online"], false);
+    assert_eq!(top["persistent"], true);
+    assert_eq!(top["queued"], 3);
+    assert!(top["queued_bytes"].as_u64().is_some_and(|n| n > 0));
+    assert!(top["oldest_queued_age_secs"].as_f64().is_some());
+    assert_eq!(top["subscriptions"][0]["filter"], "backlog/#");
+    let page1 = b.api_json("/api/v1/sessions?sort=backlog&limit=1");
+    let cursor = page1["next"].as_str().expect("next");
+    let page2 = b.api_json(&format!(
+        "/api/v1/sessions?sort=backlog&limit=1&after={cursor}"
+    ));
+    assert_ne!(page2["items"][0]["client_id"], "c-offline");
+    let all = ids(&b.api_json("/api/v1/sessions"), "client_id");
+    assert!(all.contains(&"sluice-dlq".to_string()), "{all:?}");
+    assert_eq!(b.api_json("/api/v1/sessions/c-offline")["queued"], 3);
+
+    let subs = b.api_json("/api/v1/subscriptions?filter=backlog/%23");
+    assert_eq!(ids(&subs, "client_id"), ["c-offline"]);
+    let subs = b.api_json("/api/v1/subscriptions?topic=live/kitchen");
+    assert_eq!(ids(&subs, "client_id"), ["c-v5"]);
+
+    let retained = b.api_json("/api/v1/retained?topic=state/%23");
+    assert_eq!(ids(&retained, "topic"), ["state/lamp"]);
+    assert_eq!(retained["items"][0]["preview"], "on");
+    assert_eq!(
+        b.api("DELETE", "/api/v1/retained?topic=state/lamp", None).0,
+        204
+    );
+    assert!(ids(&b.api_json("/api/v1/retained"), "topic").is_empty());
+    assert_eq!(
+        b.api("DELETE", "/api/v1/retained?topic=state/lamp", None).0,
+        404
+    );
+
+    let stats = b.api_json("/api/v1/stats");
+    assert!(stats["messages_received"].as_u64() >= Some(4), "{stats}");
+    assert_eq!(stats["sessions_online"], 2);
+    assert!(stats["dead_letters_total"]["no_subscribers"].is_u64());
+    assert_eq!(b.api("GET", "/api/v1/cluster", None).0, 404);
+    assert_eq!(b.api("GET", "/api/v1/nothing", None).0, 404);
+
+    // 400s name the bad parameter.
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/clients?limit=x", None),
+        "limit"
+    );
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/clients?limit=0", None),
+        "limit"
+    );
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/sessions?sort=age", None),
+        "sort"
+    );
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/sessions?sort=backlog&after=x", None),
+        "after"
+    );
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/clients?colour=red", None),
+        "query"
+    );
+    assert_eq!(error_param(&b, "DELETE", "/api/v1/retained", None), "topic");
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/retained?topic=a/%23/b", None),
+        "topic"
+    );
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/subscriptions?topic=a/%2B", None),
+        "topic"
+    );
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/dead-letters?reason=bored", None),
+        "reason"
+    );
+    assert_eq!(
+        error_param(&b, "GET", "/api/v1/dead-letters?after=x", None),
+        "after"
+    );
+    assert_eq!(
+        error_param(&b, "POST", "/api/v1/dead-letters/replay", Some("{")),
+        "body"
+    );
+    assert_eq!(
+        error_param(
+            &b,
+            "POST",
+            "/api/v1/dead-letters/purge",
+            Some(r#"{"topics":["a/#/b"]}"#)
+        ),
+        "topic"
+    );
+    drop((v5, v3));
+}
+
+#[tokio::test]
+async fn kicking_a_v5_client_sends_0x98_and_can_end_its_session() {
+    let b = Broker::start();
+    let port = b.port();
+    let connect = Connect::v5("kicked").prop(Prop::U32(SESSION_EXPIRY, 3600));
+    let (mut c, _) = RawClient::handshake(port, &connect).await;
+    c.subscribe(1, "k/#", 1).await;
+    publish(port, "k/1", b"one", false).await;
+    publish(port, "k/2", b"two", false).await;
+    // Received and never acknowledged: both stay inflight in the session.
+    c.expect_publish().await;
+    c.expect_publish().await;
+
+    let (status, body) = b.api("DELETE", "/api/v1/clients/kicked", None);
+    assert_eq!(status, 200, "{body}");
+    let got = c.expect_closed().await;
+    let disconnect = got
+        .iter()
+        .find(|p| p.kind() == packet::DISCONNECT_TYPE)
+        .unwrap_or_else(|| panic!("no DISCONNECT before the close: {got:?}"));
+    assert_eq!(disconnect.reason(), 0x98, "Administrative action");
+
+    // Offline now, its session kept: a second plain kick finds nobody connected.
+    assert!(poll_until(WAIT, || b.api_json("/api/v1/sessions/kicked")
+        ["online"]
+        == false));
+    assert_eq!(b.api("DELETE", "/api/v1/clients/kicked", None).0, 404);
+    // Ending the session turns what it held into session_expired dead letters.
+    let (status, body) = b.api(
+        "DELETE",
+        "/api/v1/clients/kicked?discard_session=true",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"session_discarded\":true"), "{body}");
+    assert_eq!(b.api("GET", "/api/v1/sessions/kicked", None).0, 404);
+    let dl = b.api_json("/api/v1/dead-letters?reason=session_expired");
+    let topics = ids(&dl, "original_topic");
+    assert_eq!(topics, ["k/1", "k/2"], "{dl}");
+    assert_eq!(dl["items"][0]["subscriber"], "kicked");
+    assert_eq!(
+        error_param(
+            &b,
+            "DELETE",
+            "/api/v1/clients/sluice-dlq?discard_session=1",
+            None
+        ),
+        "discard_session"
+    );
+    assert_eq!(b.api("DELETE", "/api/v1/clients/ghost", None).0, 404);
+}
+
+#[tokio::test]
+async fn replaying_and_purging_a_selection_leaves_the_other_dead_letters() {
+    let mut b = Broker::start();
+    let port = b.port();
+    for topic in ["a/1", "a/2", "b/1", "c/1"] {
+        publish(port, topic, topic.as_bytes(), false).await;
+    }
+    let all = b.api_json("/api/v1/dead-letters");
+    assert_eq!(ids(&all, "original_topic"), ["a/1", "a/2", "b/1", "c/1"]);
+    let first = &all["items"][0];
+    assert_eq!(first["reason"], "no_subscribers");
+    assert_eq!(first["publisher"], "admin-test-publisher");
+    assert_eq!(first["payload_bytes"], 3);
+    assert_eq!(first["preview"], "a/1");
+    assert_eq!(first["attempts"], 0);
+    assert!(first["first_seen"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    // Filters and paging.
+    let page = b.api_json("/api/v1/dead-letters?topic=a/%23&limit=1");
+    assert_eq!(ids(&page, "original_topic"), ["a/1"]);
+    let next = page["next"].as_str().expect("next");
+    let page = b.api_json(&format!("/api/v1/dead-letters?topic=a/%23&after={next}"));
+    assert_eq!(ids(&page, "original_topic"), ["a/2"]);
+
+    // A subscriber for a/#; replaying a/1 only reaches it, and only a/1 leaves.
+    let mut sub = RawClient::v311(port, "a-reader").await;
+    sub.subscribe(1, "a/#", 1).await;
+    let (status, body) = b.api(
+        "POST",
+        "/api/v1/dead-letters/replay",
+        Some(r#"{"topics": ["a/1"]}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let out: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(out["replayed"], 1, "{out}");
+    assert_eq!(out["no_subscribers_again"], 0);
+    let p = sub.expect_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("a/1", &b"a/1"[..])
+    );
+    sub.send(&packet::puback(p.packet_id)).await;
+    sub.ping().await;
+    assert_eq!(
+        ids(&b.api_json("/api/v1/dead-letters"), "original_topic"),
+        ["a/2", "b/1", "c/1"]
+    );
+
+    // By id: b/1 has no subscriber still, so it comes back as a new dead letter.
+    let b1 = b.api_json("/api/v1/dead-letters?topic=b/1")["items"][0]["id"].clone();
+    let (status, body) = b.api(
+        "POST",
+        "/api/v1/dead-letters/replay",
+        Some(&format!(r#"{{"ids": [{b1}]}}"#)),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"no_subscribers_again\":1"), "{body}");
+    let now = b.api_json("/api/v1/dead-letters");
+    assert_eq!(ids(&now, "original_topic"), ["a/2", "c/1", "b/1"]);
+    assert_eq!(now["items"][2]["publisher"], "sluice-dlq");
+
+    // An empty selection touches nothing; purge takes only what it selects.
+    let (status, body) = b.api("POST", "/api/v1/dead-letters/purge", Some("{}"));
+    assert_eq!((status, body.as_str()), (200, r#"{"purged":0}"#));
+    let (status, body) = b.api(
+        "POST",
+        "/api/v1/dead-letters/purge",
+        Some(r#"{"reasons": ["no_subscribers"], "topics": ["c/#"]}"#),
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"purged":1}"#));
+    // What is left survives a restart: the acks of the replay and purge are on disk.
+    drop(sub);
+    b.restart();
+    assert_eq!(
+        ids(&b.api_json("/api/v1/dead-letters"), "original_topic"),
+        ["a/2", "b/1"]
+    );
+    let (status, body) = b.api(
+        "POST",
+        "/api/v1/dead-letters/purge",
+        Some(r#"{"all": true}"#),
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"purged":2}"#));
+    assert!(ids(&b.api_json("/api/v1/dead-letters"), "id").is_empty());
+}
+
+const RO: &str = "read-only-token-0123456789";
+const RW: &str = "read-write-token-0123456789";
+const LATER: &str = "added-later-token-0123456789";
+
+#[test]
+fn tokens_give_401_403_and_reload_on_sighup() {
+    let tokens = tempfile::TempDir::new().expect("temp dir");
+    let file = tokens.path().join("tokens");
+    std::fs::write(&file, format!("# ops\n{RO} ro\n{RW} rw\n")).expect("token file");
+    let config = format!(
+        "[admin]\ntoken_file = {file:?}\nloopback_without_token = false\n\
+         metrics_require_token = true\n"
+    );
+    let b = Broker::start_with_config(&config);
+    let a = b.admin_addr();
+    let (status, body) = http(a, "GET", "/api/v1/stats", None, None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        http(
+            a,
+            "GET",
+            "/api/v1/stats",
+            Some("wrong-token-0123456789"),
+            None
+        )
+        .0,
+        401
+    );
+    assert_eq!(http(a, "GET", "/api/v1/stats", Some(RO), None).0, 200);
+    let (status, body) = http(a, "DELETE", "/api/v1/retained?topic=x", Some(RO), None);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        http(
+            a,
+            "POST",
+            "/api/v1/dead-letters/purge",
+            Some(RO),
+            Some("{}")
+        )
+        .0,
+        403
+    );
+    // Past the guard, a read-write token meets the handler's own answer.
+    assert_eq!(
+        http(a, "DELETE", "/api/v1/retained?topic=x", Some(RW), None).0,
+        404
+    );
+    assert_eq!(http(a, "GET", "/metrics", None, None).0, 401);
+    assert_eq!(http(a, "GET", "/metrics", Some(RO), None).0, 200);
+    // The console's files hold no data and need no token.
+    assert_eq!(http(a, "GET", "/", None, None).0, 200);
+
+    std::fs::write(&file, format!("{LATER} ro\n")).expect("token file");
+    b.signal("HUP");
+    assert!(
+        poll_until(WAIT, || http(a, "GET", "/api/v1/stats", Some(LATER), None)
+            .0
+            == 200),
+        "the new token works after SIGHUP"
+    );
+    assert_eq!(http(a, "GET", "/api/v1/stats", Some(RO), None).0, 401);
+}
+
+#[test]
+fn admin_listen_gives_the_api_its_own_port() {
+    let b = Broker::spawn(None, &["--admin-listen", "127.0.0.1:0"]);
+    let (m, a) = (b.metrics_addr(), b.admin_addr());
+    assert_ne!(m, a);
+    assert_eq!(http(m, "GET", "/metrics", None, None).0, 200);
+    assert_eq!(http(m, "GET", "/api/v1/stats", None, None).0, 404);
+    assert_eq!(http(a, "GET", "/api/v1/stats", None, None).0, 200);
+    assert_eq!(http(a, "GET", "/metrics", None, None).0, 404);
+    let (status, page) = http(a, "GET", "/", None, None);
+    assert_eq!(status, 200);
+    assert!(page.contains("sluice"), "{page}");
+}
