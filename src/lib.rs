@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod dead_letter;
 pub mod limits;
 pub mod listener;

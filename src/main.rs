@@ -67,6 +67,9 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Inspect and act on a running broker through its admin HTTP API (tables, or the
+    /// API's JSON with --json).
+    Ctl(Box<CtlArgs>),
     /// Work with the dead-letter queue of a running broker.
     Dlq {
         #[command(subcommand)]
@@ -135,6 +138,123 @@ struct ReplayArgs {
     timeout_secs: u64,
 }
 
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// The admin API: http://HOST:PORT (the `admin=` of the ready line).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9641")]
+    url: String,
+    /// Bearer token for a broker that wants one (default: $SLUICE_ADMIN_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Bound, in seconds, on each request.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    timeout_secs: u64,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Connected clients.
+    Clients,
+    /// Sessions, online and offline persistent ones, with their backlog.
+    Sessions {
+        /// Most queued first.
+        #[arg(long)]
+        by_backlog: bool,
+    },
+    /// Disconnect a client (MQTT 5: DISCONNECT 0x98 Administrative action).
+    Kick {
+        client_id: String,
+        /// Also end its session; what it held becomes session_expired dead letters.
+        #[arg(long)]
+        discard_session: bool,
+    },
+    /// List, replay or purge dead letters.
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+    /// List or clear retained messages.
+    Retained {
+        #[command(subcommand)]
+        action: RetainedAction,
+    },
+    /// The broker's counters and gauges (what $SYS publishes).
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// List the queued dead letters (all, or those selected).
+    List(DeadLetterSelect),
+    /// Re-publish the selected dead letters to their original topics; each is removed
+    /// only after its re-publish is durable.
+    Replay(DeadLetterSelect),
+    /// Remove the selected dead letters for good.
+    Purge(DeadLetterSelect),
+}
+
+#[derive(Debug, Subcommand)]
+enum RetainedAction {
+    /// Retained messages (all, or those matching --topic).
+    List {
+        /// An MQTT filter.
+        #[arg(long, value_name = "FILTER")]
+        topic: Option<String>,
+    },
+    /// Clear the retained message on TOPIC.
+    Clear { topic: String },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct DeadLetterSelect {
+    /// Only this reason (repeatable): queue_full, max_attempts, expired, too_large,
+    /// no_subscribers, session_expired.
+    #[arg(long = "reason", value_name = "REASON", value_parser = sluice::replay::parse_reason)]
+    reasons: Vec<sluice::dead_letter::DeadLetterReason>,
+    /// Only those whose original topic matches this MQTT filter (repeatable).
+    #[arg(long = "topic", value_name = "FILTER")]
+    topics: Vec<String>,
+    /// Only this dead letter id (repeatable; see the ID column of `list`).
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<u64>,
+    /// Every dead letter (replay and purge need a selection or --all).
+    #[arg(long)]
+    all: bool,
+}
+
+impl DeadLetterSelect {
+    fn is_empty(&self) -> bool {
+        self.reasons.is_empty() && self.topics.is_empty() && self.ids.is_empty()
+    }
+
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "reasons": self.reasons.iter().map(|r| r.label()).collect::<Vec<_>>(),
+            "topics": self.topics,
+            "ids": self.ids,
+            "all": self.all,
+        })
+    }
+
+    fn query(&self) -> Vec<(String, String)> {
+        let mut q = Vec::new();
+        q.extend(
+            self.reasons
+                .iter()
+                .map(|r| ("reason".into(), r.label().into())),
+        );
+        q.extend(self.topics.iter().map(|t| ("topic".into(), t.clone())));
+        q.extend(self.ids.iter().map(|i| ("id".into(), i.to_string())));
+        q
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum StoreAction {
     /// Read the whole log and report on it; corruption is reported with file and offset.
@@ -161,6 +281,9 @@ fn main() -> ExitCode {
     }) = cli.command
     {
         return dlq_replay(*args);
+    }
+    if let Some(Command::Ctl(args)) = cli.command {
+        return ctl(*args);
     }
     if let Some(Command::Passwd {
         file,
@@ -242,6 +365,69 @@ fn dlq_replay(args: ReplayArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("sluice dlq replay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice ctl`: exit 0 on success, 1 on any error (the API's message is printed).
+fn ctl(args: CtlArgs) -> ExitCode {
+    use sluice::ctl::Request;
+    let request = match args.command {
+        CtlCommand::Clients => Request::Clients,
+        CtlCommand::Sessions { by_backlog } => Request::Sessions { by_backlog },
+        CtlCommand::Kick {
+            client_id,
+            discard_session,
+        } => Request::Kick {
+            client_id,
+            discard_session,
+        },
+        CtlCommand::DeadLetters { action } => match action {
+            DeadLetterAction::List(sel) => Request::DeadLetters { query: sel.query() },
+            DeadLetterAction::Replay(sel) | DeadLetterAction::Purge(sel)
+                if sel.is_empty() && !sel.all =>
+            {
+                eprintln!("sluice ctl: select dead letters with --reason, --topic, --id or --all");
+                return ExitCode::from(2);
+            }
+            DeadLetterAction::Replay(sel) => Request::Replay {
+                selection: sel.body(),
+            },
+            DeadLetterAction::Purge(sel) => Request::Purge {
+                selection: sel.body(),
+            },
+        },
+        CtlCommand::Retained { action } => match action {
+            RetainedAction::List { topic } => Request::Retained { filter: topic },
+            RetainedAction::Clear { topic } => Request::ClearRetained { topic },
+        },
+        CtlCommand::Stats => Request::Stats,
+    };
+    let target = sluice::ctl::Target {
+        url: args.url,
+        token: args
+            .token
+            .or_else(|| std::env::var("SLUICE_ADMIN_TOKEN").ok()),
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sluice::ctl::run(&target, &request, args.json)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice ctl: {e}");
             ExitCode::FAILURE
         }
     }

@@ -393,3 +393,63 @@ fn admin_listen_gives_the_api_its_own_port() {
     assert_eq!(status, 200);
     assert!(page.contains("sluice"), "{page}");
 }
+
+/// Runs `sluice ctl --url http://ADDR ARGS...`: (exit code, stdout, stderr).
+fn ctl(b: &Broker, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("ctl")
+        .arg("--url")
+        .arg(format!("http://{}", b.admin_addr()))
+        .args(args)
+        .output()
+        .expect("run sluice ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn ctl_is_a_client_of_the_api() {
+    let b = Broker::start();
+    for topic in ["a/1", "b/1"] {
+        publish(b.port(), topic, b"21.5", false).await;
+    }
+    let (code, out, err) = ctl(&b, &["dead-letters", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID  REASON"), "{out}");
+    assert!(lines[1].contains("no_subscribers  a/1"), "{out}");
+    assert_eq!(lines.last(), Some(&"(2 total)"), "{out}");
+
+    let (code, out, err) = ctl(&b, &["--json", "sessions", "--by-backlog"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(v["items"][0]["client_id"], "sluice-dlq");
+    assert_eq!(v["items"][0]["queued"], 2);
+
+    let (code, _, err) = ctl(&b, &["dead-letters", "replay"]);
+    assert_eq!(code, 2, "a replay needs a selection: {err}");
+    let (code, out, err) = ctl(&b, &["dead-letters", "purge", "--topic", "b/#"]);
+    assert_eq!((code, out.as_str()), (0, "purged 1\n"), "{err}");
+    let (code, out, err) = ctl(
+        &b,
+        &["dead-letters", "replay", "--reason", "no_subscribers"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("replayed 1 (no_subscribers: 1)"), "{out}");
+
+    let (code, _, err) = ctl(&b, &["kick", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    let (code, out, err) = ctl(&b, &["stats"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("messages_received"), "{out}");
+    let (code, out, err) = ctl(&b, &["retained", "list"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "TOPIC  QOS  BYTES  RECEIVED  PREVIEW\n(0 total)\n"),
+        "{err}"
+    );
+}

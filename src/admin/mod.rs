@@ -293,7 +293,10 @@ pub fn preview(payload: &[u8]) -> String {
     for chunk in cut.utf8_chunks() {
         for c in chunk.valid().chars() {
             if c.is_control() {
-                out.extend(c.escape_default());
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
             } else {
                 out.push(c);
             }
@@ -873,7 +876,7 @@ mod tests {
     #[test]
     fn previews_are_readable_and_bounded() {
         assert_eq!(preview(b"21.5"), "21.5");
-        assert_eq!(preview(b"a\nb\xff"), "a\\nb\\xff");
+        assert_eq!(preview(b"a\nb\xff"), "a\\x0ab\\xff");
         let long = vec![b'x'; 100];
         assert_eq!(preview(&long).chars().count(), PREVIEW_BYTES + 1);
     }
