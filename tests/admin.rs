@@ -453,3 +453,131 @@ async fn ctl_is_a_client_of_the_api() {
         "{err}"
     );
 }
+
+/// A 3.1.1 client on a plain socket that publishes QoS 0 messages on `load/<n>` at a
+/// steady pace until `stop` (at most 5,000), so the console's rate chart has a line.
+fn load_generator(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::Write;
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(&Connect::v311("load-generator").build())
+            .expect("CONNECT");
+        for i in 0..5_000u32 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let topic = format!("load/{}", i % 8);
+            if s.write_all(&packet::publish(false, topic, 0, false, 0, &[], b"20.5"))
+                .is_err()
+            {
+                break;
+            }
+            // Pacing, not synchronisation: about 50 messages a second.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+}
+
+/// The console in headless Chromium (tests/console/console.test.mjs, playwright-core
+/// driving Debian's /usr/bin/chromium): against a broker with clients, a backlog and
+/// dead letters, it screenshots each view into target/artifacts/ and replays one dead
+/// letter through the page; the result is checked here through the API. Skips (with a
+/// notice) only when Chromium cannot start.
+#[tokio::test]
+async fn console_in_headless_chromium() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/console/console.test.mjs");
+    assert!(
+        root.join("tests/console/node_modules/playwright-core")
+            .exists(),
+        "playwright-core is not installed: run `npm ci --prefix tests/console`"
+    );
+    let b = Broker::start();
+    let port = b.port();
+    // Backlogs: two offline persistent sessions with messages waiting.
+    for (id, filter, n) in [("archiver", "sensors/#", 24), ("billing", "meter/#", 6)] {
+        let mut c = RawClient::handshake(port, &Connect::v311(id).clean(false))
+            .await
+            .0;
+        c.subscribe(1, filter, 1).await;
+        c.send(&packet::DISCONNECT).await;
+        c.expect_closed().await;
+        for i in 0..n {
+            let topic = format!("{}/{i}", filter.trim_end_matches("/#"));
+            publish(port, &topic, b"42", false).await;
+        }
+    }
+    // Dead letters: nobody subscribes to these.
+    for topic in ["orphan/a/late", "orphan/b", "alerts/fire/3", "orphan/c"] {
+        publish(port, topic, br#"{"level":"high"}"#, false).await;
+    }
+    // A reader for orphan/a/# subscribes only now, and goes offline: the replay must
+    // land in its queue.
+    let mut reader = RawClient::handshake(port, &Connect::v311("orphan-reader").clean(false))
+        .await
+        .0;
+    reader.subscribe(1, "orphan/a/#", 1).await;
+    reader.send(&packet::DISCONNECT).await;
+    reader.expect_closed().await;
+    let mut dashboard = RawClient::v5(port, "dashboard-7").await;
+    dashboard.subscribe(1, "alerts/#", 1).await;
+    dashboard.subscribe(2, "load/#", 0).await;
+    let dl = b.api_json("/api/v1/dead-letters");
+    let target = dl["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|d| d["original_topic"] == "orphan/a/late")
+        .expect("the dead letter to replay")["id"]
+        .clone();
+    let before = ids(&dl, "id").len();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = load_generator(port, std::sync::Arc::clone(&stop));
+    let artifacts = root.join("target/artifacts");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("SLUICE_ADMIN_URL", format!("http://{}", b.admin_addr()))
+        .env("REPLAY_ID", target.to_string())
+        .env("ARTIFACTS", &artifacts)
+        .kill_on_drop(true)
+        .output();
+    let out = common::within(std::time::Duration::from_secs(120), "the browser test", out)
+        .await
+        .expect("run node (is nodejs installed?)");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("load generator");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(77) {
+        eprintln!("NOTICE: skipping the browser test: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for shot in [
+        "overview",
+        "clients",
+        "sessions",
+        "dead-letters",
+        "dead-letters-replayed",
+    ] {
+        assert!(
+            artifacts.join(format!("{shot}.png")).exists(),
+            "no screenshot {shot}.png"
+        );
+    }
+    // Through the API: exactly that dead letter left the queue, and its message is
+    // in the reader's; the others stayed.
+    let after = b.api_json("/api/v1/dead-letters");
+    let left: Vec<String> = ids(&after, "id");
+    assert!(!left.contains(&target.to_string()), "{after}");
+    assert_eq!(left.len(), before - 1, "{after}");
+    for topic in ["orphan/b", "alerts/fire/3", "orphan/c"] {
+        assert!(ids(&after, "original_topic").contains(&topic.to_string()));
+    }
+    assert_eq!(b.api_json("/api/v1/sessions/orphan-reader")["queued"], 1);
+    drop(dashboard);
+}

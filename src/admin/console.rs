@@ -12,7 +12,7 @@ const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/style.css");
 
-/// Responses may be cached for this long; the files change only with the binary.
+/// Browsers revalidate: an upgraded binary must not run against an old cached page.
 const CACHE: &str = "no-cache";
 
 fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
