@@ -581,3 +581,92 @@ async fn console_in_headless_chromium() {
     assert_eq!(b.api_json("/api/v1/sessions/orphan-reader")["queued"], 1);
     drop(dashboard);
 }
+
+/// A replay cut short by `kill -9` loses nothing: after the restart every message is
+/// still a dead letter, or in the subscriber's queue (or both: QoS 1 is at least once).
+#[tokio::test]
+async fn a_replay_interrupted_by_kill_9_loses_nothing() {
+    const N: usize = 1500;
+    let mut b = Broker::start();
+    let mut publisher = RawClient::v311(b.port(), "bulk").await;
+    let mut burst = Vec::new();
+    for i in 0..N {
+        let id = u16::try_from(i % 60_000 + 1).expect("packet id");
+        burst.extend(packet::publish(
+            false,
+            format!("r/{i}"),
+            1,
+            false,
+            id,
+            &[],
+            format!("m{i}").as_bytes(),
+        ));
+    }
+    publisher.send(&burst).await;
+    for _ in 0..N {
+        publisher.expect(packet::PUBACK, "PUBACK").await;
+    }
+    let mut sink = RawClient::handshake(b.port(), &Connect::v311("sink").clean(false))
+        .await
+        .0;
+    sink.subscribe(1, "r/#", 1).await;
+    sink.send(&packet::DISCONNECT).await;
+    sink.expect_closed().await;
+
+    let admin = b.admin_addr();
+    // The request dies with the broker (its thread then panics; that is expected).
+    let replay = std::thread::spawn(move || {
+        http(
+            admin,
+            "POST",
+            "/api/v1/dead-letters/replay",
+            None,
+            Some(r#"{"all":true}"#),
+        )
+    });
+    assert!(
+        poll_until(WAIT, || b.api_json("/api/v1/sessions/sink")["queued"]
+            .as_u64()
+            .is_some_and(|n| n > 0)),
+        "the replay started"
+    );
+    b.crash_and_restart();
+    let finished = replay.join().is_ok_and(|(status, _)| status == 200);
+    eprintln!("replay finished before the kill: {finished}");
+
+    let mut seen = std::collections::HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/dead-letters?topic=r/%23&limit=1000&after={a}"),
+            None => "/api/v1/dead-letters?topic=r/%23&limit=1000".to_string(),
+        };
+        let page = b.api_json(&path);
+        for d in page["items"].as_array().expect("items") {
+            seen.insert(d["preview"].as_str().expect("preview").to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let queued = b.api_json("/api/v1/sessions/sink")["queued"]
+        .as_u64()
+        .expect("queued");
+    let mut sink = RawClient::handshake(b.port(), &Connect::v311("sink").clean(false))
+        .await
+        .0;
+    for _ in 0..queued {
+        let p = sink.expect_publish().await;
+        sink.send(&packet::puback(p.packet_id)).await;
+        seen.insert(String::from_utf8(p.payload).expect("utf-8"));
+    }
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !seen.contains(&format!("m{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} messages: {missing:?}",
+        missing.len()
+    );
+}

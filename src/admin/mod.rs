@@ -47,6 +47,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
+    /// The task running the action ended without an answer (it panicked).
+    #[error("the action failed: {0}")]
+    Failed(String),
 }
 
 fn bad(param: &'static str, why: impl Into<String>) -> AdminError {

@@ -259,6 +259,9 @@ impl IntoResponse for AdminError {
             }
             AdminError::NotFound(_) => error(StatusCode::NOT_FOUND, self.to_string(), None),
             AdminError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, self.to_string(), None),
+            AdminError::Failed(_) => {
+                error(StatusCode::INTERNAL_SERVER_ERROR, self.to_string(), None)
+            }
         }
     }
 }
@@ -411,7 +414,11 @@ async fn kick(
 ) -> ApiResult<super::KickOutcome> {
     let p = Params(q);
     p.only(&["discard_session"])?;
-    Ok(Json(s.admin.kick(&id, p.flag("discard_session")?).await?))
+    let discard = p.flag("discard_session")?;
+    let admin = s.admin.clone();
+    Ok(Json(
+        detached(async move { admin.kick(&id, discard).await }).await?,
+    ))
 }
 
 async fn sessions(
@@ -478,7 +485,8 @@ async fn clear_retained(State(s): State<AppState>, Query(q): Q) -> Result<Status
         param: "topic",
         why: "the topic to clear is required".into(),
     })?;
-    s.admin.clear_retained(topic).await?;
+    let (admin, topic) = (s.admin.clone(), topic.to_string());
+    detached(async move { admin.clear_retained(&topic).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -525,9 +533,24 @@ fn selection_from_body(body: &Bytes) -> Result<DeadLetterSelection, AdminError> 
     })
 }
 
+/// Runs an action to its end in a task of its own: a request that times out or whose
+/// client goes away must not stop a replay or purge halfway (the letters it has taken
+/// out of the queue would stay out until a restart).
+async fn detached<T, F>(work: F) -> Result<T, AdminError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, AdminError>> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) => Err(AdminError::Failed(e.to_string())),
+    }
+}
+
 async fn replay(State(s): State<AppState>, body: Bytes) -> Result<Response, AdminError> {
     let sel = selection_from_body(&body)?;
-    let out = s.admin.replay(&sel).await?;
+    let admin = s.admin.clone();
+    let out = detached(async move { admin.replay(&sel).await }).await?;
     let status = if out.error.is_some() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -538,7 +561,10 @@ async fn replay(State(s): State<AppState>, body: Bytes) -> Result<Response, Admi
 
 async fn purge(State(s): State<AppState>, body: Bytes) -> ApiResult<super::PurgeOutcome> {
     let sel = selection_from_body(&body)?;
-    Ok(Json(s.admin.purge(&sel).await?))
+    let admin = s.admin.clone();
+    Ok(Json(
+        detached(async move { admin.purge(&sel).await }).await?,
+    ))
 }
 
 async fn stats(State(s): State<AppState>) -> Json<super::Stats> {
