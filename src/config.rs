@@ -237,6 +237,10 @@ pub struct AdminConfig {
     pub max_concurrent_requests: usize,
     /// A request not answered within this many seconds gets 408.
     pub request_timeout_secs: u64,
+    /// HTTPS: PEM certificate chain and private key, in the formats a TLS listener takes
+    /// (point both at a TLS listener's files to share them). Unset: plain HTTP.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -248,6 +252,8 @@ impl Default for AdminConfig {
             metrics_require_token: false,
             max_concurrent_requests: 32,
             request_timeout_secs: 30,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -394,6 +400,12 @@ impl Config {
         }
         if self.admin.request_timeout_secs == 0 {
             return invalid("admin.request_timeout_secs", "must be at least 1");
+        }
+        if self.admin.cert_file.is_some() != self.admin.key_file.is_some() {
+            return invalid(
+                "admin.cert_file",
+                "HTTPS needs both cert_file and key_file (or neither, for plain HTTP)",
+            );
         }
         if self.listeners.is_empty() {
             return invalid("listener", "at least one [[listener]] is needed");

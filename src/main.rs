@@ -593,6 +593,7 @@ async fn run(config: Config, sys_interval: Duration) -> anyhow::Result<()> {
     if let Some(addr) = http.admin_addr() {
         ready.push_str(&format!(" admin={addr}"));
     }
+
     let tokens = http.reloader();
     let b = Arc::clone(broker);
     let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {

@@ -4,6 +4,7 @@
 //! the separate admin port. `sluice ctl` is tested here too, against the same broker.
 
 mod common;
+mod tls_support;
 
 use common::packet::{self, Connect, Prop, SESSION_EXPIRY};
 use common::raw::RawClient;
@@ -668,5 +669,72 @@ async fn a_replay_interrupted_by_kill_9_loses_nothing() {
         missing.is_empty(),
         "lost {} messages: {missing:?}",
         missing.len()
+    );
+}
+
+/// One HTTPS request through rustls trusting `config`'s roots: (status, body).
+async fn https_get(
+    addr: std::net::SocketAddr,
+    config: std::sync::Arc<rumqttc::tokio_rustls::rustls::ClientConfig>,
+    path: &str,
+) -> (u16, String) {
+    use rumqttc::tokio_rustls::{rustls::pki_types::ServerName, TlsConnector};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut tls = common::within(
+        WAIT,
+        "TLS handshake",
+        TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    let _ = common::within(WAIT, "HTTPS response", tls.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// `[admin] cert_file`/`key_file`: the API, the console and /metrics over HTTPS with a
+/// TLS listener's kind of files; plain HTTP to that port gets no answer.
+#[tokio::test]
+async fn https_with_the_certificate_files_of_a_tls_listener() {
+    let certs = tempfile::TempDir::new().expect("temp dir");
+    let ca = tls_support::Ca::new("sluice admin test CA");
+    let (cert, key) = ca.server().write(certs.path(), "server");
+    let config = format!(
+        "[admin]\ncert_file = {}\nkey_file = {}\n",
+        tls_support::toml_path(&cert),
+        tls_support::toml_path(&key)
+    );
+    let b = Broker::start_with_config(&config);
+    let client = tls_support::client_config(&[ca.der()], None, &[]);
+    let (status, body) = https_get(b.admin_addr(), client.clone(), "/api/v1/stats").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("messages_received"), "{body}");
+    assert_eq!(
+        https_get(b.admin_addr(), client.clone(), "/metrics")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(https_get(b.admin_addr(), client, "/").await.0, 200);
+    let admin = b.admin_addr();
+    let plain = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(|| http(admin, "GET", "/api/v1/stats", None, None)).ok()
+    })
+    .await
+    .expect("plain request");
+    assert!(
+        plain.is_none_or(|(status, _)| status != 200),
+        "plain HTTP must not be served on the HTTPS port"
     );
 }

@@ -9,7 +9,10 @@
 //! Every API request passes [`guard`] (tokens, see src/admin/auth.rs); `/metrics` does
 //! too when `[admin] metrics_require_token`. The console's static files need no token:
 //! they hold no data, and the page asks for a token when the API wants one. Handlers
-//! reach the broker only through [`Admin`]; none blocks the runtime.
+//! reach the broker only through [`Admin`]; none blocks the runtime. With `[admin]
+//! cert_file`/`key_file` everything is served over HTTPS (rustls, built as for a TLS
+//! listener, reloaded on SIGHUP); each handshake runs in its connection's task, bounded
+//! by [`TLS_HANDSHAKE_TIMEOUT`].
 
 use super::auth::{Tokens, Verdict};
 use super::{Admin, AdminError, DeadLetterSelection, DEFAULT_PAGE, MAX_PAGE};
@@ -35,6 +38,8 @@ use tower_http::timeout::TimeoutLayer;
 
 /// Largest request body accepted (a dead-letter selection is a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
+/// A TLS handshake not finished within this is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -45,10 +50,31 @@ pub enum ServerError {
     },
     #[error("cannot load the admin token file")]
     Tokens(#[from] super::auth::TokenError),
+    #[error("cannot set up HTTPS")]
+    Tls(#[from] crate::listener::tls::TlsError),
+}
+
+/// The HTTPS acceptor, replaced whole on SIGHUP.
+type Acceptor = Arc<RwLock<tokio_rustls::TlsAcceptor>>;
+
+/// The rustls configuration for `[admin] cert_file`/`key_file`, built as a TLS
+/// listener's is.
+fn tls_acceptor(
+    admin: &AdminConfig,
+    bind: SocketAddr,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, ServerError> {
+    if admin.cert_file.is_none() {
+        return Ok(None);
+    }
+    let mut listener = crate::config::ListenerConfig::tcp(bind);
+    listener.kind = crate::config::ListenerKind::Tls;
+    listener.cert_file = admin.cert_file.clone();
+    listener.key_file = admin.key_file.clone();
+    let config = crate::listener::tls::server_config(&listener)?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
 }
 
 /// The sockets, bound before the broker starts so a taken port fails start-up cleanly.
-#[derive(Debug)]
 pub struct Bound {
     /// Serves `/metrics` (and everything else unless `api` is set).
     main: Option<(TcpListener, SocketAddr)>,
@@ -56,27 +82,54 @@ pub struct Bound {
     api: Option<(TcpListener, SocketAddr)>,
     tokens: Arc<RwLock<Arc<Tokens>>>,
     token_file: Option<PathBuf>,
+    tls: Option<Acceptor>,
+    config: AdminConfig,
 }
 
-/// Reloads the token file (SIGHUP); a file that fails to load keeps the tokens in force.
-#[derive(Debug, Clone)]
-pub struct TokenReloader {
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("main", &self.metrics_addr())
+            .field("admin", &self.admin_addr())
+            .field("https", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Reloads the token file and the HTTPS certificate (SIGHUP); what fails to load keeps
+/// the version in force, and the log says why.
+#[derive(Clone)]
+pub struct Reloader {
     tokens: Arc<RwLock<Arc<Tokens>>>,
     token_file: Option<PathBuf>,
+    tls: Option<Acceptor>,
+    config: AdminConfig,
 }
 
-impl TokenReloader {
+impl Reloader {
     pub fn reload(&self) {
-        let Some(path) = &self.token_file else {
-            return;
-        };
-        match Tokens::load(path) {
-            Ok(t) => {
-                tracing::info!(tokens = t.len(), "admin token file reloaded");
-                *self.tokens.write() = Arc::new(t);
+        if let Some(path) = &self.token_file {
+            match Tokens::load(path) {
+                Ok(t) => {
+                    tracing::info!(tokens = t.len(), "admin token file reloaded");
+                    *self.tokens.write() = Arc::new(t);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "admin token reload failed; keeping the previous tokens")
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "admin token reload failed; keeping the previous tokens")
+        }
+        if let Some(tls) = &self.tls {
+            let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+            match tls_acceptor(&self.config, bind) {
+                Ok(Some(fresh)) => {
+                    *tls.write() = fresh;
+                    tracing::info!("admin HTTPS certificate reloaded");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "admin HTTPS reload failed; keeping the previous certificate")
+                }
             }
         }
     }
@@ -110,11 +163,14 @@ impl Bound {
             Some(addr) => Some(bind_one(addr).await?),
             None => None,
         };
+        let tls = tls_acceptor(admin, metrics_listen)?.map(|a| Arc::new(RwLock::new(a)));
         Ok(Bound {
             main,
             api,
             tokens: Arc::new(RwLock::new(Arc::new(tokens))),
             token_file: admin.token_file.clone(),
+            tls,
+            config: admin.clone(),
         })
     }
 
@@ -128,10 +184,12 @@ impl Bound {
         self.api.as_ref().or(self.main.as_ref()).map(|(_, a)| *a)
     }
 
-    pub fn reloader(&self) -> TokenReloader {
-        TokenReloader {
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
             tokens: Arc::clone(&self.tokens),
             token_file: self.token_file.clone(),
+            tls: self.tls.clone(),
+            config: self.config.clone(),
         }
     }
 
@@ -165,23 +223,32 @@ impl Bound {
         };
         let metrics = metrics_routes(&state);
         let api = api_routes(&state);
+        let tls = self.tls;
         match (self.main, self.api) {
-            (Some(main), None) => spawn(main.0, limits(metrics.merge(api)), shutdown),
+            (Some(main), None) => spawn(main.0, limits(metrics.merge(api)), tls, shutdown),
             (main, Some(api_listener)) => {
                 if let Some(main) = main {
-                    spawn(main.0, limits(metrics), shutdown.clone());
+                    spawn(main.0, limits(metrics), tls.clone(), shutdown.clone());
                 }
-                spawn(api_listener.0, limits(api), shutdown);
+                spawn(api_listener.0, limits(api), tls, shutdown);
             }
             (None, None) => {}
         }
     }
 }
 
-fn spawn(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let service = router
-        .fallback(not_found)
-        .into_make_service_with_connect_info::<SocketAddr>();
+fn spawn(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Acceptor>,
+    shutdown: CancellationToken,
+) {
+    let router = router.fallback(not_found);
+    if let Some(tls) = tls {
+        tokio::spawn(serve_https(listener, router, tls, shutdown));
+        return;
+    }
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         let served = axum::serve(listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -190,6 +257,59 @@ fn spawn(listener: TcpListener, router: Router, shutdown: CancellationToken) {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
     });
+}
+
+/// Accepts HTTPS connections until `shutdown`; each gets its own task for the
+/// handshake (bounded) and its requests, so a slow client holds up nobody else.
+async fn serve_https(
+    listener: TcpListener,
+    router: Router,
+    tls: Acceptor,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+        };
+        let acceptor = tls.read().clone();
+        let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "admin TLS handshake timed out");
+                        return;
+                    }
+                };
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                served = conn => {
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "admin HTTPS connection ended");
+                    }
+                }
+            }
+        });
+    }
 }
 
 #[derive(Clone)]
