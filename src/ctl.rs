@@ -18,8 +18,20 @@ use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("invalid --url {0:?}: expected http://HOST:PORT")]
+    #[error("invalid --url {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     Url(String),
+    #[error("https needs --cacert (the CA that signed the broker's certificate)")]
+    NoCaCert,
+    #[error("cannot read the CA certificates in {}: {why}", path.display())]
+    CaCert {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot reach {addr}: {source}")]
     Connect {
         addr: String,
@@ -40,9 +52,11 @@ pub enum CtlError {
 /// Where the API is and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `http://HOST:PORT` (a path, if any, is ignored).
+    /// `http://HOST:PORT` or `https://HOST:PORT` (a path, if any, is ignored).
     pub url: String,
     pub token: Option<String>,
+    /// PEM CA certificates to verify an https broker with.
+    pub cacert: Option<std::path::PathBuf>,
     pub timeout: Duration,
 }
 
@@ -157,6 +171,36 @@ pub fn encode(s: &str) -> String {
 struct Api<'a> {
     target: &'a Target,
     authority: String,
+    host: String,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// A rustls client trusting only the CA certificates in `path`.
+fn tls_connector(path: &std::path::Path) -> Result<tokio_rustls::TlsConnector, CtlError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let bad = |why: String| CtlError::CaCert {
+        path: path.to_owned(),
+        why,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 impl<'a> Api<'a> {
@@ -167,16 +211,31 @@ impl<'a> Api<'a> {
             format!("http://{}", target.url)
         };
         let uri: Uri = url.parse().map_err(|_| CtlError::Url(target.url.clone()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(CtlError::Url(target.url.clone()));
-        }
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (None, 80),
+            Some("https") => {
+                let cacert = target.cacert.as_deref().ok_or(CtlError::NoCaCert)?;
+                (Some(tls_connector(cacert)?), 443)
+            }
+            _ => return Err(CtlError::Url(target.url.clone())),
+        };
         let host = uri
             .host()
-            .ok_or_else(|| CtlError::Url(target.url.clone()))?;
-        let port = uri.port_u16().unwrap_or(80);
+            .ok_or_else(|| CtlError::Url(target.url.clone()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(default_port);
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         Ok(Api {
             target,
-            authority: format!("{host}:{port}"),
+            authority,
+            host,
+            tls,
         })
     }
 
@@ -232,14 +291,30 @@ impl<'a> Api<'a> {
                 addr: addr.clone(),
                 source,
             })?;
-        let http = |source| CtlError::Http {
-            addr: addr.clone(),
-            source,
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        tokio::spawn(connection);
+        let req = self.request(method, path, body)?;
+        match &self.tls {
+            None => exchange(TokioIo::new(stream), req, &addr).await,
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|_| CtlError::Url(self.target.url.clone()))?;
+                let stream = tls
+                    .connect(name, stream)
+                    .await
+                    .map_err(|source| CtlError::Tls {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                exchange(TokioIo::new(stream), req, &addr).await
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<hyper::Request<Full<Bytes>>, CtlError> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -250,7 +325,28 @@ impl<'a> Api<'a> {
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        Ok(req.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
+    }
+}
+
+/// Sends `req` over `io` (one request, HTTP/1.1) and reads the JSON answer.
+async fn exchange<IO>(
+    io: TokioIo<IO>,
+    req: hyper::Request<Full<Bytes>>,
+    addr: &str,
+) -> Result<Value, CtlError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    {
+        let http = |source| CtlError::Http {
+            addr: addr.to_string(),
+            source,
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(http)?;
+        tokio::spawn(connection);
         let response = sender.send_request(req).await.map_err(http)?;
         let status = response.status();
         let bytes = response

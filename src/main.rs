@@ -146,6 +146,9 @@ struct CtlArgs {
     /// Bearer token for a broker that wants one (default: $SLUICE_ADMIN_TOKEN).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// PEM CA certificates to verify an https:// broker with.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -409,6 +412,7 @@ fn ctl(args: CtlArgs) -> ExitCode {
         token: args
             .token
             .or_else(|| std::env::var("SLUICE_ADMIN_TOKEN").ok()),
+        cacert: args.cacert,
         timeout: Duration::from_secs(args.timeout_secs),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -727,6 +727,18 @@ async fn https_with_the_certificate_files_of_a_tls_listener() {
         200
     );
     assert_eq!(https_get(b.admin_addr(), client, "/").await.0, 200);
+    // sluice ctl over HTTPS, trusting the same CA.
+    let ca_file = tls_support::write_file(certs.path(), "ca.pem", &ca.pem());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["ctl", "--url"])
+        .arg(format!("https://localhost:{}", b.admin_addr().port()))
+        .arg("--cacert")
+        .arg(&ca_file)
+        .args(["--json", "stats"])
+        .output()
+        .expect("run sluice ctl");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("messages_received"));
     let admin = b.admin_addr();
     let plain = tokio::task::spawn_blocking(move || {
         std::panic::catch_unwind(|| http(admin, "GET", "/api/v1/stats", None, None)).ok()
