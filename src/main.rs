@@ -89,57 +89,31 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// Re-publish dead letters to their original topics.
-    ///
-    /// Connects as the dead-letter session (MQTT 5, session kept), and for each queued
-    /// dead letter matching --reason and --topic re-publishes the original payload and
-    /// properties to the original topic at QoS 1; the dead letter is acknowledged only
-    /// after that PUBACK. Dead letters not selected stay queued. Stops after --idle-ms
-    /// without a new dead letter, or after --max replays, and prints a summary.
-    Replay(Box<ReplayArgs>),
+    /// Re-publish dead letters to their original topics: the same as
+    /// `sluice ctl dead-letters replay`, through the admin API. Each selected dead letter
+    /// leaves the queue only after its re-publish is durable; the others stay.
+    Replay(Box<DlqReplayArgs>),
 }
 
 #[derive(Debug, clap::Args)]
-struct ReplayArgs {
-    /// Broker host.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Broker MQTT port (plain TCP).
-    #[arg(long, default_value_t = 1883)]
-    port: u16,
-    /// The dead-letter session's client id ([dead_letter] client_id).
-    #[arg(long, value_name = "ID", default_value = "sluice-dlq")]
-    client_id: String,
-    /// The broker's [dead_letter] topic_prefix.
-    #[arg(long, value_name = "PREFIX", default_value = "$DLQ")]
-    topic_prefix: String,
-    /// User name, when the listener requires one.
-    #[arg(long)]
-    username: Option<String>,
-    /// Password for --username.
-    #[arg(long, requires = "username")]
-    password: Option<String>,
-    /// Replay only this reason (repeatable): queue_full, max_attempts, expired,
-    /// too_large, no_subscribers, session_expired.
-    #[arg(long = "reason", value_name = "REASON", value_parser = sluice::replay::parse_reason)]
-    reasons: Vec<sluice::dead_letter::DeadLetterReason>,
-    /// Replay only dead letters whose original topic matches this MQTT filter
-    /// (repeatable).
-    #[arg(long = "topic", value_name = "FILTER")]
-    topics: Vec<String>,
-    /// Stop after this many milliseconds without a new dead letter.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    idle_ms: u64,
-    /// Stop after replaying this many.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    max: Option<u64>,
-    /// Bound, in seconds, on connecting and on each PUBACK.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    timeout_secs: u64,
+struct DlqReplayArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    select: DeadLetterSelect,
 }
 
 #[derive(Debug, clap::Args)]
 struct CtlArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+/// Where the admin API is, and how to print its answers.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
     /// The admin API: http://HOST:PORT (the `admin=` of the ready line).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9641")]
     url: String,
@@ -155,8 +129,6 @@ struct CtlArgs {
     /// Bound, in seconds, on each request.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     timeout_secs: u64,
-    #[command(subcommand)]
-    command: CtlCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,7 +255,13 @@ fn main() -> ExitCode {
         command: DlqCommand::Replay(args),
     }) = cli.command
     {
-        return dlq_replay(*args);
+        let DlqReplayArgs { api, select } = *args;
+        return ctl(CtlArgs {
+            api,
+            command: CtlCommand::DeadLetters {
+                action: DeadLetterAction::Replay(select),
+            },
+        });
     }
     if let Some(Command::Ctl(args)) = cli.command {
         return ctl(*args);
@@ -330,49 +308,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `sluice dlq replay`: exit 0 when everything selected was replayed, 1 on an error
-/// (nothing is lost: unacknowledged dead letters stay queued), 2 when the broker refused
-/// some re-publishes (they stay queued too; the summary lists the reason codes).
-fn dlq_replay(args: ReplayArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let opts = sluice::replay::ReplayOptions {
-        host: args.host,
-        port: args.port,
-        client_id: args.client_id,
-        username: args.username,
-        password: args.password,
-        topic_prefix: args.topic_prefix,
-        reasons: args.reasons,
-        topics: args.topics,
-        idle: std::time::Duration::from_millis(args.idle_ms),
-        max: args.max,
-        timeout: std::time::Duration::from_secs(args.timeout_secs),
-    };
-    match runtime.block_on(sluice::replay::replay(opts)) {
-        Ok(summary) => {
-            print!("{summary}");
-            if summary.refused.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
-        }
-        Err(e) => {
-            eprintln!("sluice dlq replay: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// `sluice ctl`: exit 0 on success, 1 on any error (the API's message is printed).
 fn ctl(args: CtlArgs) -> ExitCode {
     use sluice::ctl::Request;
@@ -407,13 +342,14 @@ fn ctl(args: CtlArgs) -> ExitCode {
         },
         CtlCommand::Stats => Request::Stats,
     };
+    let api = args.api;
     let target = sluice::ctl::Target {
-        url: args.url,
-        token: args
+        url: api.url,
+        token: api
             .token
             .or_else(|| std::env::var("SLUICE_ADMIN_TOKEN").ok()),
-        cacert: args.cacert,
-        timeout: Duration::from_secs(args.timeout_secs),
+        cacert: api.cacert,
+        timeout: Duration::from_secs(api.timeout_secs),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -425,7 +361,7 @@ fn ctl(args: CtlArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sluice::ctl::run(&target, &request, args.json)) {
+    match runtime.block_on(sluice::ctl::run(&target, &request, api.json)) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
