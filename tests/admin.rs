@@ -750,3 +750,27 @@ async fn https_with_the_certificate_files_of_a_tls_listener() {
         "plain HTTP must not be served on the HTTPS port"
     );
 }
+
+/// A client that never finishes its request head is dropped after
+/// `[admin] request_timeout_secs`, and the server goes on serving.
+#[test]
+fn a_silent_http_client_is_dropped() {
+    use std::io::{Read, Write};
+    let b = Broker::start_with_config("[admin]\nrequest_timeout_secs = 1\n");
+    let mut silent = std::net::TcpStream::connect(b.admin_addr()).expect("connect");
+    silent
+        .write_all(b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request head");
+    silent.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    match silent.read(&mut buf) {
+        Ok(n) => {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(started.elapsed() < WAIT, "dropped by the header timeout");
+    assert_eq!(b.api("GET", "/api/v1/stats", None).0, 200);
+}

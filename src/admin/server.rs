@@ -6,7 +6,8 @@
 //! keeps `/metrics` only. Started by main.rs after the broker; stops on the broker's
 //! shutdown. Requests are bounded: at most `[admin] max_concurrent_requests` at once
 //! (more wait), a body of at most [`MAX_BODY`], and `[admin] request_timeout_secs` each.
-//! Every API request passes [`guard`] (tokens, see src/admin/auth.rs); `/metrics` does
+//! A client has `request_timeout_secs` to send each request head, and at most
+//! [`MAX_CONNECTIONS`] connections are open per port. Every API request passes [`guard`] (tokens, see src/admin/auth.rs); `/metrics` does
 //! too when `[admin] metrics_require_token`. The console's static files need no token:
 //! they hold no data, and the page asks for a token when the API wants one. Handlers
 //! reach the broker only through [`Admin`]; none blocks the runtime. With `[admin]
@@ -24,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -40,6 +42,8 @@ use tower_http::timeout::TimeoutLayer;
 pub const MAX_BODY: usize = 64 * 1024;
 /// A TLS handshake not finished within this is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections per port; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -224,13 +228,23 @@ impl Bound {
         let metrics = metrics_routes(&state);
         let api = api_routes(&state);
         let tls = self.tls;
+        let conns = || ConnLimits {
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            header_timeout: Duration::from_secs(state.config.request_timeout_secs),
+        };
         match (self.main, self.api) {
-            (Some(main), None) => spawn(main.0, limits(metrics.merge(api)), tls, shutdown),
+            (Some(main), None) => spawn(main.0, limits(metrics.merge(api)), tls, conns(), shutdown),
             (main, Some(api_listener)) => {
                 if let Some(main) = main {
-                    spawn(main.0, limits(metrics), tls.clone(), shutdown.clone());
+                    spawn(
+                        main.0,
+                        limits(metrics),
+                        tls.clone(),
+                        conns(),
+                        shutdown.clone(),
+                    );
                 }
-                spawn(api_listener.0, limits(api), tls, shutdown);
+                spawn(api_listener.0, limits(api), tls, conns(), shutdown);
             }
             (None, None) => {}
         }
@@ -241,33 +255,46 @@ fn spawn(
     listener: TcpListener,
     router: Router,
     tls: Option<Acceptor>,
+    limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
-    let router = router.fallback(not_found);
-    if let Some(tls) = tls {
-        tokio::spawn(serve_https(listener, router, tls, shutdown));
-        return;
-    }
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    tokio::spawn(serve_loop(
+        listener,
+        router.fallback(not_found),
+        tls,
+        limits,
+        shutdown,
+    ));
 }
 
-/// Accepts HTTPS connections until `shutdown`; each gets its own task for the
-/// handshake (bounded) and its requests, so a slow client holds up nobody else.
-async fn serve_https(
+/// What bounds the connections of one port.
+#[derive(Clone)]
+struct ConnLimits {
+    /// One permit per open connection; at [`MAX_CONNECTIONS`] the accept loop waits.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Time a client has to send each request head (idle keep-alive included).
+    header_timeout: Duration,
+}
+
+/// Accepts connections until `shutdown`. Each gets its own task for the TLS handshake
+/// (bounded) and its requests, so a slow client holds up nobody else; a client that
+/// sends no complete request head within the header timeout is dropped, and at most
+/// [`MAX_CONNECTIONS`] are open at once.
+async fn serve_loop(
     listener: TcpListener,
     router: Router,
-    tls: Acceptor,
+    tls: Option<Acceptor>,
+    limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = Arc::clone(&limits.permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -281,32 +308,48 @@ async fn serve_https(
                 }
             },
         };
-        let acceptor = tls.read().clone();
-        let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let acceptor = tls.as_ref().map(|t| t.read().clone());
+        let service = hyper_util::service::TowerToHyperService::new(
+            router.clone().layer(axum::Extension(ConnectInfo(peer))),
+        );
         let shutdown = shutdown.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "admin TLS handshake timed out");
-                        return;
-                    }
-                };
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                served = conn => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "admin HTTPS connection ended");
+            let _permit = permit;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let served = match acceptor {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        served = conn => served,
                     }
                 }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "admin TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        served = conn => served,
+                    }
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "admin HTTP connection ended");
             }
         });
     }
