@@ -229,6 +229,31 @@ async fn kicking_a_v5_client_sends_0x98_and_can_end_its_session() {
         "discard_session"
     );
     assert_eq!(b.api("DELETE", "/api/v1/clients/ghost", None).0, 404);
+
+    // Online and discarded in one go: disconnected, its session gone, its message a
+    // dead letter.
+    let connect = Connect::v5("kicked-2").prop(Prop::U32(SESSION_EXPIRY, 3600));
+    let (mut c, _) = RawClient::handshake(port, &connect).await;
+    c.subscribe(1, "k2/#", 1).await;
+    publish(port, "k2/1", b"three", false).await;
+    c.expect_publish().await;
+    let (status, body) = b.api(
+        "DELETE",
+        "/api/v1/clients/kicked-2?discard_session=true",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"disconnected\":true"), "{body}");
+    assert!(body.contains("\"session_discarded\":true"), "{body}");
+    let got = c.expect_closed().await;
+    assert!(
+        got.iter()
+            .any(|p| p.kind() == packet::DISCONNECT_TYPE && p.reason() == 0x98),
+        "{got:?}"
+    );
+    assert_eq!(b.api("GET", "/api/v1/sessions/kicked-2", None).0, 404);
+    let dl = b.api_json("/api/v1/dead-letters?reason=session_expired&topic=k2/%23");
+    assert_eq!(ids(&dl, "original_topic"), ["k2/1"], "{dl}");
 }
 
 #[tokio::test]
