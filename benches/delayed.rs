@@ -64,7 +64,6 @@ async fn main() {
     std::env::set_var("RUST_LOG", "warn");
     let broker = common::Broker::start();
     let port = broker.port();
-    let total = args.rate * args.seconds;
 
     let (sub, mut sub_loop) = AsyncClient::new(options(port, "delay-bench-sub"), 10_000);
     sub.subscribe("bench/delayed", QoS::AtLeastOnce)
@@ -77,6 +76,24 @@ async fn main() {
     }
 
     let per = args.rate / args.publishers;
+    let expected = per * args.publishers * args.seconds;
+    // The subscriber reads from the start: a subscriber that is not read fills its queue.
+    let delay_ms = args.delay * 1000;
+    let receiver = tokio::spawn(async move {
+        let mut late = Vec::with_capacity(expected as usize);
+        let mut idle_since = Instant::now();
+        while (late.len() as u64) < expected && idle_since.elapsed() < Duration::from_secs(10) {
+            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+                tokio::time::timeout(Duration::from_secs(1), sub_loop.poll()).await
+            {
+                let sent_ms =
+                    u64::from_le_bytes(p.payload[..8].try_into().expect("8-byte payload"));
+                late.push(now_ms().saturating_sub(sent_ms + delay_ms));
+                idle_since = Instant::now();
+            }
+        }
+        late
+    });
     let mut tasks = Vec::new();
     for p in 0..args.publishers {
         let (client, mut el) =
@@ -88,10 +105,10 @@ async fn main() {
             let start = Instant::now();
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             let mut sent = 0u64;
-            while start.elapsed() < Duration::from_secs(seconds) {
+            let total = per * seconds;
+            while sent < total {
                 tick.tick().await;
-                let due_by_now =
-                    (start.elapsed().as_millis() as u64 * per / 1000).min(per * seconds);
+                let due_by_now = (start.elapsed().as_millis() as u64 * per / 1000).min(total);
                 while sent < due_by_now {
                     let payload = now_ms().to_le_bytes().to_vec();
                     client
@@ -108,24 +125,13 @@ async fn main() {
     for t in tasks {
         sent += t.await.expect("publisher");
     }
-
-    let mut late = Vec::with_capacity(sent as usize);
-    let deadline = Instant::now() + Duration::from_secs(args.delay + 30);
-    while (late.len() as u64) < sent && Instant::now() < deadline {
-        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
-            tokio::time::timeout(Duration::from_secs(1), sub_loop.poll()).await
-        {
-            let sent_ms = u64::from_le_bytes(p.payload[..8].try_into().expect("8-byte payload"));
-            let due = sent_ms + args.delay * 1000;
-            late.push(now_ms().saturating_sub(due));
-        }
-    }
+    let mut late = receiver.await.expect("subscriber");
     late.sort_unstable();
     let early = late.iter().filter(|&&l| l == 0).count();
     println!(
         "delayed: {} sent (target {} = {}/s for {}s), {} arrived, delay {}s",
         sent,
-        total,
+        expected,
         args.rate,
         args.seconds,
         late.len(),

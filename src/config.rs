@@ -33,6 +33,7 @@ pub struct Config {
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
     pub limits: Limits,
     pub session: SessionConfig,
     pub store: StoreSettings,
@@ -268,6 +269,44 @@ pub struct MetricsConfig {
     pub sys_interval_secs: u64,
 }
 
+/// `[admin]`: the HTTP admin API and console. By default they share the metrics
+/// address (see src/admin/server.rs).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A port of their own for the API and console; unset: the metrics address.
+    pub listen: Option<SocketAddr>,
+    /// Bearer tokens, one `TOKEN ro|rw` a line; reloaded on SIGHUP.
+    pub token_file: Option<PathBuf>,
+    /// Requests from a loopback address need no token.
+    pub loopback_without_token: bool,
+    /// Scrapers of `/metrics` need a token too.
+    pub metrics_require_token: bool,
+    /// HTTP requests served at once; more wait.
+    pub max_concurrent_requests: usize,
+    /// A request not answered within this many seconds gets 408.
+    pub request_timeout_secs: u64,
+    /// HTTPS: PEM certificate chain and private key, in the formats a TLS listener takes
+    /// (point both at a TLS listener's files to share them). Unset: plain HTTP.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            token_file: None,
+            loopback_without_token: true,
+            metrics_require_token: false,
+            max_concurrent_requests: 32,
+            request_timeout_secs: 30,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -325,6 +364,7 @@ impl Default for Config {
                 1883,
             )))],
             metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
             limits: Limits::default(),
             session: SessionConfig::default(),
             store: StoreSettings::default(),
@@ -406,6 +446,18 @@ impl Config {
             })
         };
         let l = &self.limits;
+        if self.admin.max_concurrent_requests == 0 {
+            return invalid("admin.max_concurrent_requests", "must be at least 1");
+        }
+        if self.admin.request_timeout_secs == 0 {
+            return invalid("admin.request_timeout_secs", "must be at least 1");
+        }
+        if self.admin.cert_file.is_some() != self.admin.key_file.is_some() {
+            return invalid(
+                "admin.cert_file",
+                "HTTPS needs both cert_file and key_file (or neither, for plain HTTP)",
+            );
+        }
         if self.listeners.is_empty() {
             return invalid("listener", "at least one [[listener]] is needed");
         }

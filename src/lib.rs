@@ -7,11 +7,13 @@
 //! module that knows the wire format.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod dead_letter;
 pub mod delayed;
 pub mod limits;

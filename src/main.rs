@@ -15,7 +15,8 @@ use std::time::Duration;
 /// sluice: an MQTT 3.1/3.1.1/5.0 broker whose acknowledged QoS 1 messages are never lost.
 ///
 /// With no arguments it serves plain MQTT on 127.0.0.1:1883, keeps its data in ./data and
-/// serves Prometheus metrics on 127.0.0.1:9641/metrics. When ready it prints one line,
+/// serves Prometheus metrics, the admin API and the console on 127.0.0.1:9641 (/metrics,
+/// /api/v1/..., /). When ready it prints one line,
 /// `sluice ready mqtt=ADDR ...`, naming every bound address.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about)]
@@ -30,9 +31,13 @@ struct Cli {
     /// Directory for the durable log.
     #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
-    /// Prometheus metrics address (port 0 picks a free port).
+    /// HTTP address for /metrics, and for the admin API and console unless
+    /// --admin-listen gives them their own (port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// A port of their own for the admin API and console (overrides `[admin] listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<SocketAddr>,
     /// TLS listener address (needs --tls-cert and --tls-key); added to the listeners.
     #[arg(long, value_name = "HOST:PORT", requires_all = ["tls_cert", "tls_key"])]
     tls_listen: Option<SocketAddr>,
@@ -62,6 +67,9 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Inspect and act on a running broker through its admin HTTP API (tables, or the
+    /// API's JSON with --json).
+    Ctl(Box<CtlArgs>),
     /// Work with the dead-letter queue of a running broker.
     Dlq {
         #[command(subcommand)]
@@ -86,53 +94,145 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// Re-publish dead letters to their original topics.
-    ///
-    /// Connects as the dead-letter session (MQTT 5, session kept), and for each queued
-    /// dead letter matching --reason and --topic re-publishes the original payload and
-    /// properties to the original topic at QoS 1; the dead letter is acknowledged only
-    /// after that PUBACK. Dead letters not selected stay queued. Stops after --idle-ms
-    /// without a new dead letter, or after --max replays, and prints a summary.
-    Replay(Box<ReplayArgs>),
+    /// Re-publish dead letters to their original topics: the same as
+    /// `sluice ctl dead-letters replay`, through the admin API. Each selected dead letter
+    /// leaves the queue only after its re-publish is durable; the others stay.
+    Replay(Box<DlqReplayArgs>),
 }
 
 #[derive(Debug, clap::Args)]
-struct ReplayArgs {
-    /// Broker host.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Broker MQTT port (plain TCP).
-    #[arg(long, default_value_t = 1883)]
-    port: u16,
-    /// The dead-letter session's client id ([dead_letter] client_id).
-    #[arg(long, value_name = "ID", default_value = "sluice-dlq")]
-    client_id: String,
-    /// The broker's [dead_letter] topic_prefix.
-    #[arg(long, value_name = "PREFIX", default_value = "$DLQ")]
-    topic_prefix: String,
-    /// User name, when the listener requires one.
+struct DlqReplayArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    select: DeadLetterSelect,
+}
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+/// Where the admin API is, and how to print its answers.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The admin API: http://HOST:PORT (the `admin=` of the ready line).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9641")]
+    url: String,
+    /// Bearer token for a broker that wants one (default: $SLUICE_ADMIN_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// PEM CA certificates to verify an https:// broker with.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
     #[arg(long)]
-    username: Option<String>,
-    /// Password for --username.
-    #[arg(long, requires = "username")]
-    password: Option<String>,
-    /// Replay only this reason (repeatable): queue_full, max_attempts, expired,
-    /// too_large, no_subscribers, session_expired.
+    json: bool,
+    /// Bound, in seconds, on each request.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Connected clients.
+    Clients,
+    /// Sessions, online and offline persistent ones, with their backlog.
+    Sessions {
+        /// Most queued first.
+        #[arg(long)]
+        by_backlog: bool,
+    },
+    /// Disconnect a client (MQTT 5: DISCONNECT 0x98 Administrative action).
+    Kick {
+        client_id: String,
+        /// Also end its session; what it held becomes session_expired dead letters.
+        #[arg(long)]
+        discard_session: bool,
+    },
+    /// List, replay or purge dead letters.
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+    /// List or clear retained messages.
+    Retained {
+        #[command(subcommand)]
+        action: RetainedAction,
+    },
+    /// The broker's counters and gauges (what $SYS publishes).
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// List the queued dead letters (all, or those selected).
+    List(DeadLetterSelect),
+    /// Re-publish the selected dead letters to their original topics; each is removed
+    /// only after its re-publish is durable.
+    Replay(DeadLetterSelect),
+    /// Remove the selected dead letters for good.
+    Purge(DeadLetterSelect),
+}
+
+#[derive(Debug, Subcommand)]
+enum RetainedAction {
+    /// Retained messages (all, or those matching --topic).
+    List {
+        /// An MQTT filter.
+        #[arg(long, value_name = "FILTER")]
+        topic: Option<String>,
+    },
+    /// Clear the retained message on TOPIC.
+    Clear { topic: String },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct DeadLetterSelect {
+    /// Only this reason (repeatable): queue_full, max_attempts, expired, too_large,
+    /// no_subscribers, session_expired.
     #[arg(long = "reason", value_name = "REASON", value_parser = sluice::replay::parse_reason)]
     reasons: Vec<sluice::dead_letter::DeadLetterReason>,
-    /// Replay only dead letters whose original topic matches this MQTT filter
-    /// (repeatable).
+    /// Only those whose original topic matches this MQTT filter (repeatable).
     #[arg(long = "topic", value_name = "FILTER")]
     topics: Vec<String>,
-    /// Stop after this many milliseconds without a new dead letter.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    idle_ms: u64,
-    /// Stop after replaying this many.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    max: Option<u64>,
-    /// Bound, in seconds, on connecting and on each PUBACK.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    timeout_secs: u64,
+    /// Only this dead letter id (repeatable; see the ID column of `list`).
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<u64>,
+    /// Every dead letter (replay and purge need a selection or --all).
+    #[arg(long)]
+    all: bool,
+}
+
+impl DeadLetterSelect {
+    fn is_empty(&self) -> bool {
+        self.reasons.is_empty() && self.topics.is_empty() && self.ids.is_empty()
+    }
+
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "reasons": self.reasons.iter().map(|r| r.label()).collect::<Vec<_>>(),
+            "topics": self.topics,
+            "ids": self.ids,
+            "all": self.all,
+        })
+    }
+
+    fn query(&self) -> Vec<(String, String)> {
+        let mut q = Vec::new();
+        q.extend(
+            self.reasons
+                .iter()
+                .map(|r| ("reason".into(), r.label().into())),
+        );
+        q.extend(self.topics.iter().map(|t| ("topic".into(), t.clone())));
+        q.extend(self.ids.iter().map(|i| ("id".into(), i.to_string())));
+        q
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,7 +260,16 @@ fn main() -> ExitCode {
         command: DlqCommand::Replay(args),
     }) = cli.command
     {
-        return dlq_replay(*args);
+        let DlqReplayArgs { api, select } = *args;
+        return ctl(CtlArgs {
+            api,
+            command: CtlCommand::DeadLetters {
+                action: DeadLetterAction::Replay(select),
+            },
+        });
+    }
+    if let Some(Command::Ctl(args)) = cli.command {
+        return ctl(*args);
     }
     if let Some(Command::Passwd {
         file,
@@ -205,10 +314,49 @@ fn main() -> ExitCode {
     }
 }
 
-/// `sluice dlq replay`: exit 0 when everything selected was replayed, 1 on an error
-/// (nothing is lost: unacknowledged dead letters stay queued), 2 when the broker refused
-/// some re-publishes (they stay queued too; the summary lists the reason codes).
-fn dlq_replay(args: ReplayArgs) -> ExitCode {
+/// `sluice ctl`: exit 0 on success, 1 on any error (the API's message is printed).
+fn ctl(args: CtlArgs) -> ExitCode {
+    use sluice::ctl::Request;
+    let request = match args.command {
+        CtlCommand::Clients => Request::Clients,
+        CtlCommand::Sessions { by_backlog } => Request::Sessions { by_backlog },
+        CtlCommand::Kick {
+            client_id,
+            discard_session,
+        } => Request::Kick {
+            client_id,
+            discard_session,
+        },
+        CtlCommand::DeadLetters { action } => match action {
+            DeadLetterAction::List(sel) => Request::DeadLetters { query: sel.query() },
+            DeadLetterAction::Replay(sel) | DeadLetterAction::Purge(sel)
+                if sel.is_empty() && !sel.all =>
+            {
+                eprintln!("sluice ctl: select dead letters with --reason, --topic, --id or --all");
+                return ExitCode::from(2);
+            }
+            DeadLetterAction::Replay(sel) => Request::Replay {
+                selection: sel.body(),
+            },
+            DeadLetterAction::Purge(sel) => Request::Purge {
+                selection: sel.body(),
+            },
+        },
+        CtlCommand::Retained { action } => match action {
+            RetainedAction::List { topic } => Request::Retained { filter: topic },
+            RetainedAction::Clear { topic } => Request::ClearRetained { topic },
+        },
+        CtlCommand::Stats => Request::Stats,
+    };
+    let api = args.api;
+    let target = sluice::ctl::Target {
+        url: api.url,
+        token: api
+            .token
+            .or_else(|| std::env::var("SLUICE_ADMIN_TOKEN").ok()),
+        cacert: api.cacert,
+        timeout: Duration::from_secs(api.timeout_secs),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -219,30 +367,13 @@ fn dlq_replay(args: ReplayArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let opts = sluice::replay::ReplayOptions {
-        host: args.host,
-        port: args.port,
-        client_id: args.client_id,
-        username: args.username,
-        password: args.password,
-        topic_prefix: args.topic_prefix,
-        reasons: args.reasons,
-        topics: args.topics,
-        idle: std::time::Duration::from_millis(args.idle_ms),
-        max: args.max,
-        timeout: std::time::Duration::from_secs(args.timeout_secs),
-    };
-    match runtime.block_on(sluice::replay::replay(opts)) {
-        Ok(summary) => {
-            print!("{summary}");
-            if summary.refused.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
+    match runtime.block_on(sluice::ctl::run(&target, &request, api.json)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("sluice dlq replay: {e}");
+            eprintln!("sluice ctl: {e}");
             ExitCode::FAILURE
         }
     }
@@ -375,6 +506,9 @@ fn load_config(cli: &Cli) -> Result<Config, sluice::config::ConfigError> {
     if let Some(addr) = cli.metrics_listen {
         config.metrics.listen = addr;
     }
+    if let Some(addr) = cli.admin_listen {
+        config.admin.listen = Some(addr);
+    }
     if let Some(secs) = cli.sys_interval {
         config.metrics.sys_interval_secs = secs;
     }
@@ -389,34 +523,40 @@ async fn run(config: Config, sys_interval: Duration) -> anyhow::Result<()> {
     // Before the broker starts, so every metric handle it takes is the real one.
     let handle = sluice::metrics::install(config.metrics.enabled)
         .context("cannot install the metrics recorder")?;
-    // Bound before the store opens: a taken metrics port fails start-up cleanly.
-    let metrics_listener = match &handle {
-        Some(_) => Some(
-            sluice::metrics::bind(config.metrics.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.metrics.listen))?,
-        ),
-        None => None,
-    };
+    // Bound before the store opens: a taken HTTP port fails start-up cleanly.
+    let http = sluice::admin::server::Bound::bind(
+        config.metrics.enabled,
+        config.metrics.listen,
+        &config.admin,
+    )
+    .await
+    .context("cannot start the HTTP server")?;
+    let admin_config = config.admin.clone();
     let running = Broker::start(config).await.context("start-up failed")?;
     let broker = &running.broker;
     let mut ready = String::from("sluice ready");
     for (scheme, addr) in &running.listener_addrs {
         ready.push_str(&format!(" {scheme}={addr}"));
     }
-    if let (Some(handle), Some((listener, addr))) = (&handle, metrics_listener) {
-        let b = Arc::clone(broker);
-        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            sluice::sys::sample(&b, false);
-        });
-        tokio::spawn(sluice::metrics::serve(
-            listener,
-            handle.clone(),
-            broker.shutdown.clone(),
-            refresh,
-        ));
+    if let (Some(_), Some(addr)) = (&handle, http.metrics_addr()) {
         ready.push_str(&format!(" metrics={addr}"));
     }
+    if let Some(addr) = http.admin_addr() {
+        ready.push_str(&format!(" admin={addr}"));
+    }
+
+    let tokens = http.reloader();
+    let b = Arc::clone(broker);
+    let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        sluice::sys::sample(&b, false);
+    });
+    http.serve(
+        sluice::admin::Admin::new(Arc::clone(broker)),
+        admin_config,
+        handle.clone(),
+        refresh,
+        broker.shutdown.clone(),
+    );
     sluice::sys::start(broker, sys_interval, handle);
     {
         let mut stdout = std::io::stdout().lock();
@@ -424,14 +564,17 @@ async fn run(config: Config, sys_interval: Duration) -> anyhow::Result<()> {
         stdout.flush().context("cannot write the ready line")?;
     }
     tracing::info!(addrs = ?running.mqtt_addrs, "sluice is ready");
-    signals.wait_for_shutdown(&running.broker).await;
+    signals
+        .wait_for_shutdown(&running.broker, &|| tokens.reload())
+        .await;
     tracing::info!("shutting down");
     running.broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGINT/SIGTERM stop the broker; SIGHUP reloads certificates, passwords and ACLs.
+/// SIGINT/SIGTERM stop the broker; SIGHUP reloads certificates, passwords, ACLs and the
+/// admin tokens.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -448,14 +591,15 @@ impl Signals {
         })
     }
 
-    async fn wait_for_shutdown(mut self, broker: &Broker) {
+    async fn wait_for_shutdown(mut self, broker: &Broker, reload_tokens: &dyn Fn()) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading certificates, password and ACL files");
+                    tracing::info!("SIGHUP: reloading certificates, password, ACL and admin token files");
                     broker.reload();
+                    reload_tokens();
                 }
             }
         }

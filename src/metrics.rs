@@ -4,8 +4,8 @@
 //!
 //! Also here: [`describe_all`] (HELP text and units, once), the cached handles hot paths
 //! use instead of a registry lookup per message ([`hot`]), the recorder sluice installs
-//! ([`install`]: Prometheus, or nothing, wrapped in a tap that keeps the `$SYS` totals),
-//! and the tiny HTTP responder that serves `/metrics` ([`serve`]).
+//! ([`install`]: Prometheus, or nothing, wrapped in a tap that keeps the `$SYS` totals).
+//! `/metrics` itself is served by the HTTP server in src/admin/server.rs.
 
 use crate::protocol::QoS;
 use metrics::{
@@ -13,13 +13,8 @@ use metrics::{
     Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 // Connections (labels: `reason` on refusals).
 pub const CONNECTIONS: &str = "sluice_connections";
@@ -612,109 +607,4 @@ pub fn install(prometheus: bool) -> anyhow::Result<Option<PrometheusHandle>> {
     metrics::counter!(CONNECTIONS_ACCEPTED).absolute(0);
     metrics::gauge!(CONNECTIONS).increment(0.0);
     Ok(handle)
-}
-
-/// Most bytes of request head read before answering.
-const MAX_REQUEST: usize = 8 * 1024;
-/// A scraper that sends no complete request head within this is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `GET /metrics` on `listener` until `shutdown`: a plain HTTP/1.x responder, one
-/// request per connection. `before_render` runs before each render (to refresh the
-/// sampled gauges).
-pub async fn serve(
-    listener: TcpListener,
-    handle: PrometheusHandle,
-    shutdown: CancellationToken,
-    before_render: Arc<dyn Fn() + Send + Sync>,
-) {
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        let before_render = Arc::clone(&before_render);
-        tokio::spawn(async move {
-            match tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                answer(stream, &handle, before_render.as_ref()),
-            )
-            .await
-            {
-                Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
-                Err(_) => tracing::debug!("metrics request timed out"),
-                Ok(Ok(())) => {}
-            }
-        });
-    }
-}
-
-async fn answer(
-    mut stream: TcpStream,
-    handle: &PrometheusHandle,
-    before_render: &(dyn Fn() + Send + Sync),
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-            break;
-        }
-        if buf.len() >= MAX_REQUEST {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") | ("HEAD", "/metrics") => {
-            before_render();
-            let body = handle.render();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            stream.write_all(head.as_bytes()).await?;
-            if method == "GET" {
-                stream.write_all(body.as_bytes()).await?;
-            }
-            stream.shutdown().await
-        }
-        (_, "/metrics") => respond(&mut stream, "405 Method Not Allowed", "GET only\n").await,
-        _ => respond(&mut stream, "404 Not Found", "try /metrics\n").await,
-    }
-}
-
-async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
-    let msg = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(msg.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Binds the metrics listener (port 0 resolved in the returned address).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
 }

@@ -122,6 +122,19 @@ async fn wildcard_fan_out_reaches_every_node_once() {
             panic!("node {name} delivered more than once: {extra:?}");
         }
     }
+    // The admin API of a node: its name, its NATS link, what others subscribe to.
+    let info = a.api_json("/api/v1/cluster");
+    assert_eq!(info["node"], "a", "{info}");
+    assert_eq!(info["nats_connected"], true, "{info}");
+    assert_eq!(
+        info["nats_urls"].as_array().map(Vec::len),
+        Some(3),
+        "{info}"
+    );
+    assert!(
+        info["remote_filters"].as_u64() >= Some(2),
+        "b's and c's filters: {info}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

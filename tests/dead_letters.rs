@@ -1,6 +1,8 @@
 //! Dead letters against the real binary: one test per reason (queue_full both spill ends,
 //! max_attempts, expired, too_large, no_subscribers, session_expired), survival across
-//! `kill -9`, shedding when the dead-letter queue itself is full, and `replay()`.
+//! `kill -9`, shedding when the dead-letter queue itself is full, and replaying them
+//! (`sluice dlq replay`, an alias of `sluice ctl dead-letters replay`, and the admin API
+//! it calls).
 //!
 //! Each test watches `$DLQ/#` with `mosquitto_sub` (printed; run with `--nocapture`)
 //! and drains the `sluice-dlq` session with rumqttc to check every user property.
@@ -13,9 +15,26 @@ use common::rumq::{v4, v5};
 use common::{Broker, WAIT};
 use dlq_support::*;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
-use sluice::dead_letter::DeadLetterReason;
-use sluice::replay::{replay, ReplayOptions};
 use std::time::Duration;
+
+/// Runs `sluice dlq replay ARGS` against `b`'s admin API; its stdout (exit 0 asserted).
+fn dlq_replay(b: &Broker, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dlq", "replay", "--url"])
+        .arg(format!("http://{}", b.admin_addr()))
+        .args(args)
+        .output()
+        .expect("run sluice dlq replay");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// POST /api/v1/dead-letters/replay with `selection`; the outcome (200 asserted).
+fn api_replay(b: &Broker, selection: &str) -> serde_json::Value {
+    let (status, body) = b.api("POST", "/api/v1/dead-letters/replay", Some(selection));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
 
 /// Publishes `payloads` to `topic` at QoS 1 from a v5 client with content type and a
 /// user property, each PUBACKed.
@@ -473,8 +492,8 @@ async fn full_dead_letter_queue_sheds_oldest_and_never_blocks() {
     common::assert_broker_works(port).await;
 }
 
-/// `replay()` with a topic filter: the original topics get exactly the matching
-/// messages (with their own properties back), the others stay in the DLQ.
+/// `sluice dlq replay --topic`: the original topics get exactly the matching messages
+/// (with their own properties back), the others stay in the DLQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_by_topic_filter_republishes_only_the_matching() {
     let b = Broker::start();
@@ -501,20 +520,8 @@ async fn replay_by_topic_filter_republishes_only_the_matching() {
     let mut consumer = v5::connect(port, "consumer").await;
     consumer.subscribe("r/#", v5::QoS::AtLeastOnce).await;
 
-    let summary = replay(ReplayOptions {
-        port,
-        topics: vec!["r/go/#".into()],
-        idle: Duration::from_millis(500),
-        ..ReplayOptions::default()
-    })
-    .await
-    .expect("replay");
-    println!("replay summary:\n{summary}");
-    assert_eq!(summary.replayed_total(), 3, "{summary:?}");
-    assert_eq!(summary.replayed.get("no_subscribers"), Some(&3));
-    assert_eq!(summary.skipped, 2, "{summary:?}");
-    assert_eq!(summary.bounced + summary.unrecognised, 0, "{summary:?}");
-    assert!(summary.refused.is_empty(), "{summary:?}");
+    let summary = dlq_replay(&b, &["--topic", "r/go/#"]);
+    assert_eq!(summary, "replayed 3 (no_subscribers: 3)\n");
 
     let mut got = Vec::new();
     for _ in 0..3 {
@@ -563,8 +570,8 @@ async fn replay_by_topic_filter_republishes_only_the_matching() {
     );
 }
 
-/// `replay()` by reason; a re-publish that is undeliverable again comes back as a new
-/// dead letter, which the same run leaves queued instead of looping on it.
+/// A replay by reason; a re-publish that is undeliverable again comes back as a new
+/// dead letter, which the same replay leaves queued instead of looping on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_by_reason_leaves_its_own_bounces_queued() {
     let b = Broker::start_with_config("[limits]\nmax_queued_messages = 1\n");
@@ -584,24 +591,10 @@ async fn replay_by_reason_leaves_its_own_bounces_queued() {
     let (mut slow, _) = v4::connect_with(o.clone()).await;
     assert_eq!(slow.recv().await.payload.as_ref(), b"f2");
 
-    let summary = replay(ReplayOptions {
-        port,
-        reasons: vec![DeadLetterReason::NoSubscribers, DeadLetterReason::QueueFull],
-        idle: Duration::from_millis(500),
-        ..ReplayOptions::default()
-    })
-    .await
-    .expect("replay");
-    println!("replay summary:\n{summary}");
-    assert_eq!(summary.replayed.get("queue_full"), Some(&1), "{summary:?}");
-    assert_eq!(
-        summary.replayed.get("no_subscribers"),
-        Some(&1),
-        "{summary:?}"
-    );
-    assert_eq!(summary.no_subscribers_again, 1, "{summary:?}");
-    assert_eq!(summary.bounced, 1, "{summary:?}");
-    assert_eq!(summary.skipped, 0, "{summary:?}");
+    let summary = api_replay(&b, r#"{"reasons": ["no_subscribers", "queue_full"]}"#);
+    assert_eq!(summary["by_reason"]["queue_full"], 1, "{summary}");
+    assert_eq!(summary["by_reason"]["no_subscribers"], 1, "{summary}");
+    assert_eq!(summary["no_subscribers_again"], 1, "{summary}");
     assert_eq!(slow.recv().await.payload.as_ref(), b"f1", "replayed");
 
     // The bounce is a new dead letter, published by the replay, still queued.
@@ -620,34 +613,22 @@ async fn replay_by_reason_leaves_its_own_bounces_queued() {
     );
 }
 
-/// `--reason` leaves the other reasons queued, and they are there for a later run.
+/// A replay by reason leaves the other reasons queued, and they are there for a later
+/// one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_leaves_unselected_reasons_for_a_later_run() {
     let b = Broker::start();
     let port = b.port();
     let mut p = v5::connect(port, "pub").await;
     assert_eq!(publish_reason(&mut p, "later/a", "a").await, 0x10);
-    let opts = ReplayOptions {
-        port,
-        reasons: vec![DeadLetterReason::Expired],
-        idle: Duration::from_millis(300),
-        ..ReplayOptions::default()
-    };
     for run in 0..2 {
-        let s = replay(opts.clone()).await.expect("replay");
-        assert_eq!((s.replayed_total(), s.skipped), (0, 1), "run {run}: {s:?}");
-        assert!(s.session_present);
+        let s = api_replay(&b, r#"{"reasons": ["expired"]}"#);
+        assert_eq!(s["replayed"], 0, "run {run}: {s}");
     }
     let mut c = v5::connect(port, "c").await;
     c.subscribe("later/#", v5::QoS::AtLeastOnce).await;
-    let s = replay(ReplayOptions {
-        reasons: vec![],
-        max: Some(1),
-        ..opts
-    })
-    .await
-    .expect("replay");
-    assert_eq!(s.replayed_total(), 1, "{s:?}");
+    let s = api_replay(&b, r#"{"all": true}"#);
+    assert_eq!(s["replayed"], 1, "{s}");
     assert_eq!(payload(&c.recv().await), "a");
     drain_exact(port, 0).await;
 }

@@ -382,6 +382,11 @@ impl Cluster {
         &self.node
     }
 
+    /// Distinct subscription filters other nodes hold, as this node last heard.
+    pub fn remote_filters(&self) -> usize {
+        self.remote.read().len()
+    }
+
     /// Whether NATS is reachable now. While it is not (a partition), the node serves
     /// its local clients; what needs another node fails fast instead of waiting.
     pub fn is_connected(&self) -> bool {

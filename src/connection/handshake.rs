@@ -337,6 +337,7 @@ impl Connection {
     pub(super) fn attach(
         authorized: Authorized,
         broker: &Arc<Broker>,
+        info: &ConnInfo,
         imported: Option<crate::session::persist::PersistedSession>,
     ) -> Connection {
         let Authorized {
@@ -363,6 +364,17 @@ impl Connection {
             conn_id,
             kick_tx,
             link,
+        );
+        session.set_client(
+            conn_id,
+            ClientInfo {
+                username: username.clone(),
+                peer: info.peer,
+                listener: info.listener.config.scheme(),
+                protocol: v.label(),
+                connected_at_ms: crate::message::now_ms(),
+                keep_alive_secs: keep_alive,
+            },
         );
         if let Some(state) = imported.filter(|_| !present && !clean_start) {
             // The session another node handed over: its subscriptions continue here and

@@ -22,7 +22,9 @@ use crate::protocol::{
     ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::router::topic;
-use crate::session::{next_connection_id, LinkLimits, Session, SubscriptionRecord, EXPIRY_NEVER};
+use crate::session::{
+    next_connection_id, ClientInfo, LinkLimits, Session, SubscriptionRecord, EXPIRY_NEVER,
+};
 use crate::store::Record;
 use bytes::{Buf, BytesMut};
 use handlers::PublishNext;
@@ -157,7 +159,8 @@ enum Exit {
         code: u8,
         why: String,
     },
-    TakenOver,
+    /// The session's kick fired: a takeover (0x8E) or an operator's disconnect (0x98).
+    Kicked(u8),
     Shutdown,
     /// A write to the client failed.
     WriterGone,
@@ -187,7 +190,7 @@ impl Exit {
             Exit::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
             Exit::Protocol(e) => Some(e.reason_code()),
             Exit::Refused { code, .. } => Some(*code),
-            Exit::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+            Exit::Kicked(code) => Some(*code),
             Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
             Exit::StoreFailed => Some(reason::UNSPECIFIED_ERROR),
         }
@@ -198,6 +201,7 @@ impl Exit {
 #[derive(Debug)]
 pub struct ConnInfo {
     pub listener: Arc<Listener>,
+    pub peer: SocketAddr,
     /// CN (or first DNS name) of a verified client certificate.
     pub tls_identity: Option<String>,
 }
@@ -263,7 +267,7 @@ where
                         }
                         _ => None,
                     };
-                    let conn = Connection::attach(authorized, broker, imported);
+                    let conn = Connection::attach(authorized, broker, info, imported);
                     tracing::Span::current().record("client_id", &*conn.session.client_id);
                     // On the heap: the connection's future then holds a pointer to it.
                     return Some((Box::new(conn), rd, wr, buf));
@@ -367,7 +371,10 @@ impl Connection {
             Exit::KeepAlive => info!("keepalive expired [MQTT-3.1.2-24]"),
             Exit::Protocol(e) => warn!(error = %e, "protocol error; closing"),
             Exit::Refused { why, .. } => warn!(reason = %why, "closing"),
-            Exit::TakenOver => info!("session taken over by a new connection"),
+            Exit::Kicked(reason::SESSION_TAKEN_OVER) => {
+                info!("session taken over by a new connection")
+            }
+            Exit::Kicked(code) => info!(reason = code, "disconnected by the broker"),
             Exit::Shutdown => debug!("closing for shutdown"),
             Exit::WriterGone => info!("write failed; closing"),
             Exit::StoreFailed => {
@@ -610,7 +617,9 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = broker.shutdown.cancelled() => return Exit::Shutdown,
-                _ = &mut self.kick => return Exit::TakenOver,
+                code = &mut self.kick => {
+                    return Exit::Kicked(code.unwrap_or(reason::SESSION_TAKEN_OVER))
+                }
                 _ = keepalive, if !gated => return Exit::KeepAlive,
                 _ = ungated, if gated => {
                     if let Some(paused) = paused {

@@ -107,6 +107,7 @@ pub(crate) async fn serve_accepted(
         None => {
             let info = ConnInfo {
                 listener: Arc::clone(&listener),
+                peer,
                 tls_identity: None,
             };
             connection::serve(stream, peer, broker, info).await
@@ -160,6 +161,7 @@ async fn serve_tls(
         .and_then(tls::certificate_identity);
     let info = ConnInfo {
         listener: Arc::clone(&listener),
+        peer,
         tls_identity: identity,
     };
     connection::serve(tls_stream, peer, broker, info).await

@@ -122,8 +122,39 @@ pub struct SubscriptionRecord {
 #[derive(Debug)]
 struct Owner {
     conn_id: u64,
-    /// Fires once to make the owning connection leave (takeover); carries the v5 reason.
+    /// Fires once to make the owning connection leave (takeover, an operator's kick);
+    /// carries the v5 DISCONNECT reason.
     kick: Option<oneshot::Sender<u8>>,
+    /// Who is connected, for the admin API; set right after the attach.
+    client: Option<Arc<ClientInfo>>,
+}
+
+/// What the admin API reports about the connection attached to a session.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub username: Option<String>,
+    pub peer: std::net::SocketAddr,
+    /// The listener's scheme: "mqtt" or "mqtts".
+    pub listener: &'static str,
+    /// "3.1", "3.1.1" or "5.0".
+    pub protocol: &'static str,
+    pub connected_at_ms: u64,
+    pub keep_alive_secs: u16,
+}
+
+/// A session as the admin API reports it, read under one lock.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub client_id: Arc<str>,
+    pub client: Option<Arc<ClientInfo>>,
+    pub persistent: bool,
+    pub expiry_secs: u32,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub inflight: usize,
+    /// Arrival time of the oldest message still queued or inflight.
+    pub oldest_queued_ms: Option<u64>,
+    pub subscriptions: Vec<(String, SubscriptionRecord)>,
 }
 
 /// Delivery limits of the connection currently attached.
@@ -264,6 +295,7 @@ impl Session {
         st.owner = Some(Owner {
             conn_id,
             kick: Some(kick),
+            client: None,
         });
         st.link = link;
         st.expiry_secs = expiry_secs;
@@ -272,6 +304,14 @@ impl Session {
         drop(st);
         self.notify.notify_one();
         previous
+    }
+
+    /// Records who the owning connection `conn_id` is (no-op if it no longer owns it).
+    pub fn set_client(&self, conn_id: u64, client: ClientInfo) {
+        let mut st = self.state.lock();
+        if let Some(owner) = st.owner.as_mut().filter(|o| o.conn_id == conn_id) {
+            owner.client = Some(Arc::new(client));
+        }
     }
 
     /// Takes the kick of the current owner (for a clean-start replacement of the session).
@@ -759,6 +799,77 @@ impl Session {
     pub fn depth(&self) -> (usize, usize) {
         let st = self.state.lock();
         (st.queue.len(), st.inflight.len())
+    }
+
+    /// What the admin API reports, under one lock.
+    pub fn view(&self) -> SessionView {
+        let st = self.state.lock();
+        let oldest = st
+            .inflight
+            .iter()
+            .filter(|i| !i.retained_copy)
+            .map(|i| i.delivery.message.received_at_ms)
+            .chain(st.queue.front().map(|d| d.message.received_at_ms))
+            .min();
+        let mut subscriptions: Vec<(String, SubscriptionRecord)> = st
+            .subscriptions
+            .iter()
+            .map(|(f, r)| (f.clone(), r.clone()))
+            .collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        SessionView {
+            client_id: Arc::clone(&self.client_id),
+            client: st.owner.as_ref().and_then(|o| o.client.clone()),
+            persistent: st.expiry_secs > 0 && !st.ended,
+            expiry_secs: st.expiry_secs,
+            queued: st.queue.len(),
+            queued_bytes: st.queued_bytes,
+            inflight: st.inflight.len(),
+            oldest_queued_ms: oldest,
+            subscriptions,
+        }
+    }
+
+    /// Clones of the queued (not yet sent) deliveries, oldest first.
+    pub fn queued(&self) -> Vec<Delivery> {
+        self.state.lock().queue.iter().cloned().collect()
+    }
+
+    /// Takes the queued deliveries whose message id `select` picks out of the queue
+    /// (oldest first). The caller owns them: it settles each in the store, or hands it
+    /// back with [`Session::restore_front`].
+    pub fn take_queued(&self, mut select: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut st = self.state.lock();
+        let mut taken = Vec::new();
+        let mut kept = SessionQueue::default();
+        for d in st.queue.drain() {
+            if select(&d) {
+                taken.push(d);
+            } else {
+                let level = self.limits.priorities.level(&d.message.topic);
+                kept.push_back(d, level);
+            }
+        }
+        st.queue = kept;
+        st.queued_bytes = st.queue.iter().map(|d| d.message.cost()).sum();
+        self.settle(&mut st);
+        taken
+    }
+
+    /// Puts deliveries taken with [`Session::take_queued`] back in front of the queue.
+    pub fn restore_front(&self, deliveries: Vec<Delivery>) {
+        let mut st = self.state.lock();
+        for d in deliveries.into_iter().rev() {
+            st.queued_bytes += d.message.cost();
+            let level = self.limits.priorities.level(&d.message.topic);
+            st.queue.push_front(d, level);
+        }
+        self.settle(&mut st);
+        let online = st.owner.is_some();
+        drop(st);
+        if online {
+            self.notify.notify_one();
+        }
     }
 
     /// What the metrics sampler reads, under one lock: online, queued messages, queued

@@ -74,6 +74,20 @@ impl SessionQueue {
         }
     }
 
+    /// Puts a delivery back at the front of its level (one taken out and returned).
+    pub(super) fn push_front(&mut self, delivery: Delivery, level: u8) {
+        self.len += 1;
+        if level == 0 {
+            self.normal.push_front(delivery);
+        } else {
+            self.raised
+                .get_or_insert_with(Default::default)
+                .entry(level)
+                .or_default()
+                .push_front(delivery);
+        }
+    }
+
     /// The next to send: the oldest of the highest non-empty level.
     pub(super) fn front(&self) -> Option<&Delivery> {
         if let Some(raised) = &self.raised {

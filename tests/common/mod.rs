@@ -28,6 +28,8 @@ pub struct Broker {
     addr: SocketAddr,
     /// The Prometheus endpoint (`metrics=` in the ready line), when metrics are on.
     metrics: Option<SocketAddr>,
+    /// The admin API and console (`admin=` in the ready line).
+    admin: Option<SocketAddr>,
     dir: tempfile::TempDir,
     stderr_path: PathBuf,
     extra: Vec<String>,
@@ -58,6 +60,7 @@ impl Broker {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: None,
+            admin: None,
             dir,
             stderr_path,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -112,10 +115,13 @@ impl Broker {
             Ok(line) => match parse_ready_line(&line) {
                 Some(addr) => {
                     self.addr = addr;
-                    self.metrics = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("metrics="))
-                        .and_then(|a| a.parse().ok());
+                    let named = |key: &str| {
+                        line.split_whitespace()
+                            .find_map(|w| w.strip_prefix(key))
+                            .and_then(|a| a.parse().ok())
+                    };
+                    self.metrics = named("metrics=");
+                    self.admin = named("admin=");
                 }
                 None => panic!(
                     "unexpected first stdout line {line:?}\n--- sluice stderr ---\n{}",
@@ -173,6 +179,28 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The admin API's address (`admin=` in the ready line).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("admin= in the ready line")
+    }
+
+    /// The metrics address (`metrics=` in the ready line).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.expect("metrics= in the ready line")
+    }
+
+    /// One request to the admin API without a token: (status, body).
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        http(self.admin_addr(), method, path, None, body)
+    }
+
+    /// GET of the admin API that must answer 200; its JSON body.
+    pub fn api_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.api("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
     /// GET /metrics (bounded to 5 s); panics when metrics are off or unreachable.
@@ -330,6 +358,59 @@ fn read_tail(path: &Path, max: u64) -> String {
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// One HTTP/1.1 request (Connection: close, bounded to 10 s): (status, body). Sends
+/// `Authorization: Bearer TOKEN` when `token` is given, and `body` as JSON.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, WAIT).expect("connect to HTTP");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send request");
+    s.write_all(body.as_bytes()).expect("send body");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// Polls `cond` every 20 ms until it holds or `dur` passes; true if it held.
+pub fn poll_until(dur: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + dur;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The value of `series` in a Prometheus exposition.
