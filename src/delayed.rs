@@ -128,6 +128,23 @@ impl Schedule {
         out
     }
 
+    /// Every waiting message with its due time, earliest first (for the admin API).
+    pub fn list(&self) -> Vec<(u64, Arc<Message>)> {
+        self.waiting
+            .lock()
+            .iter()
+            .map(|((due, _), m)| (*due, Arc::clone(m)))
+            .collect()
+    }
+
+    /// Takes the message with id `id` out before it comes due (the caller ends its Delay
+    /// record); `None` when no such message waits.
+    pub fn cancel(&self, id: u64) -> Option<(u64, Arc<Message>)> {
+        let mut waiting = self.waiting.lock();
+        let key = *waiting.keys().find(|(_, i)| *i == id)?;
+        waiting.remove(&key).map(|m| (key.0, m))
+    }
+
     /// Resolves when a message with an earlier due time than before was added.
     pub async fn changed(&self) {
         self.changed.notified().await
@@ -206,6 +223,18 @@ mod tests {
         assert_eq!(ids(s.take_due(200, 10)), vec![2, 3, 4]);
         assert_eq!(ids(s.take_due(1000, 10)), vec![1]);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn listed_in_due_order_and_cancelled_by_id() {
+        let s = Schedule::new(10);
+        s.insert(200, msg(1));
+        s.insert(100, msg(2));
+        let listed: Vec<(u64, u64)> = s.list().iter().map(|(d, m)| (*d, m.id)).collect();
+        assert_eq!(listed, vec![(100, 2), (200, 1)]);
+        assert_eq!(s.cancel(1).map(|(d, m)| (d, m.id)), Some((200, 1)));
+        assert!(s.cancel(1).is_none());
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

@@ -799,3 +799,30 @@ fn a_silent_http_client_is_dropped() {
     assert!(started.elapsed() < WAIT, "dropped by the header timeout");
     assert_eq!(b.api("GET", "/api/v1/stats", None).0, 200);
 }
+
+/// `$delayed/` messages are listed by due time and can be cancelled; a cancelled one
+/// stays cancelled across a `kill -9`, the other still waits.
+#[tokio::test]
+async fn delayed_messages_are_listed_and_cancelled_durably() {
+    let mut b = Broker::start();
+    publish(b.port(), "$delayed/600/later/b", b"second", false).await;
+    publish(b.port(), "$delayed/300/later/a", b"first", false).await;
+    let list = b.api_json("/api/v1/delayed");
+    assert_eq!(ids(&list, "topic"), ["later/a", "later/b"], "{list}");
+    assert_eq!(list["items"][0]["preview"], "first");
+    let first = list["items"][0]["id"].as_u64().expect("an id");
+    let page = b.api_json("/api/v1/delayed?limit=1");
+    assert_eq!(ids(&page, "topic"), ["later/a"]);
+
+    assert_eq!(
+        b.api("DELETE", &format!("/api/v1/delayed/{first}"), None).0,
+        204
+    );
+    assert_eq!(
+        b.api("DELETE", &format!("/api/v1/delayed/{first}"), None).0,
+        404
+    );
+    assert_eq!(error_param(&b, "DELETE", "/api/v1/delayed/x", None), "id");
+    b.crash_and_restart();
+    assert_eq!(ids(&b.api_json("/api/v1/delayed"), "topic"), ["later/b"]);
+}

@@ -140,6 +140,19 @@ pub struct RetainedEntry {
     pub received_at: String,
 }
 
+/// A `$delayed/` message waiting for its due time.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DelayedEntry {
+    /// Its message id: what `DELETE /api/v1/delayed/{id}` cancels.
+    pub id: u64,
+    pub topic: String,
+    pub qos: u8,
+    pub publisher: String,
+    pub due_at: String,
+    pub payload_bytes: usize,
+    pub preview: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeadLetterEntry {
     /// The dead letter's message id: what `ids` selects.
@@ -531,6 +544,49 @@ impl Admin {
             .collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(page(items, after, limit))
+    }
+
+    /// Delayed messages waiting, by due time.
+    pub fn delayed(&self, after: Option<&str>, limit: usize) -> Page<DelayedEntry> {
+        let items: Vec<(String, DelayedEntry)> = self
+            .broker
+            .delayed
+            .list()
+            .into_iter()
+            .map(|(due, m)| {
+                (
+                    // Zero-padded, so the key order is the due order.
+                    format!("{due:020}-{:020}", m.id),
+                    DelayedEntry {
+                        id: m.id,
+                        topic: m.topic.clone(),
+                        qos: m.qos as u8,
+                        publisher: m.publisher.to_string(),
+                        due_at: rfc3339(due),
+                        payload_bytes: m.payload.len(),
+                        preview: preview(&m.payload),
+                    },
+                )
+            })
+            .collect();
+        page(items, after, limit)
+    }
+
+    /// Cancels a delayed message before it comes due; its Delay record ends durably
+    /// before this returns, so a restart does not bring it back.
+    pub async fn cancel_delayed(&self, id: u64) -> Result<(), AdminError> {
+        let Some((due, message)) = self.broker.delayed.cancel(id) else {
+            return Err(AdminError::NotFound(format!("no delayed message {id}")));
+        };
+        if message.qos != QoS::AtMostOnce {
+            let done = crate::store::Record::DelayDone { message_id: id };
+            if let Err(e) = self.broker.store.commit(vec![done]).await {
+                // Not cancelled on disk: put it back, so memory and disk agree.
+                self.broker.delayed.restore(due, message);
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// Clears the retained message on `topic` as a client would: an empty retained

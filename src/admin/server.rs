@@ -23,7 +23,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -385,6 +385,8 @@ fn api_routes(state: &AppState) -> Router {
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/dead-letters/replay", post(replay))
         .route("/api/v1/dead-letters/purge", post(purge))
+        .route("/api/v1/delayed", get(delayed))
+        .route("/api/v1/delayed/{id}", delete(cancel_delayed))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/{*rest}", get(api_not_found).fallback(api_not_found))
@@ -650,6 +652,28 @@ async fn clear_retained(State(s): State<AppState>, Query(q): Q) -> Result<Status
     })?;
     let (admin, topic) = (s.admin.clone(), topic.to_string());
     detached(async move { admin.clear_retained(&topic).await }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delayed(
+    State(s): State<AppState>,
+    Query(q): Q,
+) -> ApiResult<super::Page<super::DelayedEntry>> {
+    let p = Params(q);
+    p.only(&PAGING)?;
+    Ok(Json(s.admin.delayed(p.one("after"), p.limit()?)))
+}
+
+async fn cancel_delayed(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    let id: u64 = id.parse().map_err(|_| AdminError::BadParam {
+        param: "id",
+        why: format!("{id:?} is not a delayed message id"),
+    })?;
+    let admin = s.admin.clone();
+    detached(async move { admin.cancel_delayed(id).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
