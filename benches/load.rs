@@ -66,6 +66,7 @@ options:
   --drain SECS         after publishing stops, wait at most this long for deliveries (default 5)
   --max-msgs N         stop publishing after N messages in total (default 200000000)
   --threads T          tokio worker threads (default 1: current-thread runtime)
+  --ws                 connect over WebSocket (ws://127.0.0.1:PORT/mqtt, subprotocol mqtt)
 
 output (one JSON line): sent, acked (QoS 1), expected deliveries, received (including the
 drain after publishing stops), received_in_window and msgs_per_sec (deliveries within the
@@ -133,6 +134,8 @@ struct Opts {
     drain: u64,
     max_msgs: u64,
     threads: usize,
+    /// MQTT over WebSocket (path /mqtt) instead of plain TCP.
+    ws: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
@@ -168,6 +171,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         drain: 5,
         max_msgs: 200_000_000,
         threads: 1,
+        ws: false,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -212,6 +216,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--drain" => o.drain = num(flag, val()?)?,
             "--max-msgs" => o.max_msgs = num(flag, val()?)?,
             "--threads" => o.threads = num(flag, val()?)?,
+            "--ws" => o.ws = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -288,6 +293,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if opts.ws {
+        let _ = WS_PATH.set(sluice::config::DEFAULT_WS_PATH.to_owned());
+    }
     let nofile = raise_nofile_limit();
     // Hard stop, whatever the broker does: publishing (or connecting) + drain + set-up slack.
     let limit = opts.duration.max(30) + opts.drain + 120;
@@ -515,9 +523,84 @@ fn next_packet_id(id: &mut u16) -> u16 {
 // Connections
 
 struct Conn {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Rd,
+    wr: Wr,
     rbuf: BytesMut,
+}
+
+/// `--ws`: MQTT over WebSocket at this path instead of plain TCP.
+static WS_PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+type WsTcp = sluice::listener::ws::WsStream<TcpStream>;
+
+/// The read side of a connection: TCP, or WebSocket (`--ws`).
+enum Rd {
+    Tcp(OwnedReadHalf),
+    Ws(tokio::io::ReadHalf<WsTcp>),
+}
+
+/// The write side of a connection.
+enum Wr {
+    Tcp(OwnedWriteHalf),
+    Ws(tokio::io::WriteHalf<WsTcp>),
+}
+
+impl Rd {
+    /// Reads what is already there without waiting (WouldBlock when nothing is).
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        use futures::FutureExt;
+        match self {
+            Rd::Tcp(r) => r.try_read_buf(buf),
+            Rd::Ws(r) => r
+                .read_buf(buf)
+                .now_or_never()
+                .unwrap_or_else(|| Err(std::io::ErrorKind::WouldBlock.into())),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Rd {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Rd::Tcp(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            Rd::Ws(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Wr {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Wr::Tcp(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            Wr::Ws(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wr::Tcp(w) => std::pin::Pin::new(w).poll_flush(cx),
+            Wr::Ws(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wr::Tcp(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            Wr::Ws(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Conn {
@@ -531,7 +614,19 @@ impl Conn {
             .await
             .map_err(|e| describe_io("connect", &e))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = match WS_PATH.get() {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (Rd::Tcp(rd), Wr::Tcp(wr))
+            }
+            Some(path) => {
+                let ws = sluice::listener::ws::connect(stream, &addr.to_string(), path)
+                    .await
+                    .map_err(|e| format!("{client_id}: {e}"))?;
+                let (rd, wr) = tokio::io::split(ws);
+                (Rd::Ws(rd), Wr::Ws(wr))
+            }
+        };
         let mut c = Conn {
             rd,
             wr,
@@ -1067,6 +1162,7 @@ async fn run(o: Opts, nofile: u64) -> String {
     let mut j = Json::new();
     j.str("scenario", o.scenario.name())
         .str("broker", &o.label)
+        .str("transport", if o.ws { "ws" } else { "tcp" })
         .num("qos", o.qos)
         .num("payload", o.payload)
         .num("duration_s", o.duration);

@@ -223,6 +223,37 @@ where
     })
 }
 
+/// The client side of [`upgrade`] (the load generator's `--ws` transport): upgrades
+/// `stream` at `ws://host/path`, offering the `mqtt` subprotocol.
+pub async fn connect<S>(stream: S, host: &str, path: &str) -> Result<WsStream<S>, UpgradeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}{path}")
+        .into_client_request()
+        .map_err(|e| UpgradeError::Handshake(e.to_string()))?;
+    req.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOLS[0]),
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0);
+    let stream = Capped {
+        inner: stream,
+        budget: usize::MAX,
+    };
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
+        .await
+        .map_err(|e| UpgradeError::Handshake(e.to_string()))?;
+    Ok(WsStream {
+        ws,
+        pending: Bytes::new(),
+        unflushed: false,
+    })
+}
+
 /// A WebSocket connection as a byte stream: reads yield the payloads of binary messages
 /// in order, writes send each buffer as one binary message.
 #[derive(Debug)]
