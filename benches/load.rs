@@ -539,6 +539,56 @@ enum Rd {
     Ws(tokio::io::ReadHalf<WsTcp>),
 }
 
+/// An idle connection of the `conns` scenario.
+enum Idle {
+    Tcp(TcpStream),
+    Ws(Box<WsTcp>),
+}
+
+impl tokio::io::AsyncRead for Idle {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Idle {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The write side of a connection.
 enum Wr {
     Tcp(OwnedWriteHalf),
@@ -1409,7 +1459,7 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
     let deadline = Instant::now() + Duration::from_secs(o.duration.max(30));
     let rss_before = o.broker_pid.and_then(proc_rss_kib);
     let started = Instant::now();
-    let mut conns: Vec<TcpStream> = Vec::with_capacity(o.connections);
+    let mut conns: Vec<Idle> = Vec::with_capacity(o.connections);
     let mut set = tokio::task::JoinSet::new();
     let concurrency = o.conn_concurrency;
     let mut next = 0usize;
@@ -1419,10 +1469,18 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
             let id = format!("ld{tag}-c{next}");
             next += 1;
             set.spawn(async move {
-                let mut s = TcpStream::connect(addr)
+                let tcp = TcpStream::connect(addr)
                     .await
                     .map_err(|e| (describe_io("connect", &e), e.raw_os_error()))?;
-                let _ = s.set_nodelay(true);
+                let _ = tcp.set_nodelay(true);
+                let mut s = match WS_PATH.get() {
+                    None => Idle::Tcp(tcp),
+                    Some(path) => Idle::Ws(Box::new(
+                        sluice::listener::ws::connect(tcp, &addr.to_string(), path)
+                            .await
+                            .map_err(|e| (format!("upgrade: {e}"), None))?,
+                    )),
+                };
                 s.write_all(&connect_packet(&id, true, KEEPALIVE))
                     .await
                     .map_err(|e| (describe_io("CONNECT", &e), e.raw_os_error()))?;
@@ -1469,10 +1527,11 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
     // Are they still open? A broker that dropped them would show here.
     let mut alive = 0u64;
     let mut probe = [0u8; 1];
-    for s in &conns {
-        match s.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => alive += 1,
-            _ => {}
+    for s in &mut conns {
+        use futures::FutureExt;
+        // Nothing to read yet (not closed) means alive.
+        if s.read(&mut probe).now_or_never().is_none() {
+            alive += 1;
         }
     }
     j.num("connected", conns.len())
