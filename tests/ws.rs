@@ -224,3 +224,40 @@ async fn acl_denial_over_wss_with_a_client_certificate() {
     let codes = expect(&mut c, SUBACK).await.suback_codes(false);
     assert_eq!(codes, vec![1, 0x80], "the ACL allows sensors/# only");
 }
+
+/// A wss client trusting `ca` upgrades and gets a CONNACK, or the TLS handshake fails.
+async fn wss_connects(port: u16, ca: &Ca, id: &str) -> bool {
+    let tls = TlsConnector::from(client_config(&[ca.der()], None, &[]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let Ok(stream) = tls.connect(name, tcp(port).await).await else {
+        return false;
+    };
+    let mut c = upgrade(stream, &Upgrade::default())
+        .await
+        .expect("wss upgrade");
+    c.handshake(&Connect::v311(id)).await;
+    true
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_wss_certificate() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let ca = Ca::new("first CA");
+    let (cert, key) = ca.server().write(dir.path(), "server");
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nkind = \"wss\"\ncert_file = {}\nkey_file = {}\n",
+        toml_path(&cert),
+        toml_path(&key),
+    );
+    let b = Broker::start_with_listeners(&config, &[]);
+    let port = b.addr_of("wss", 0).port();
+    assert!(wss_connects(port, &ca, "before").await);
+    // A certificate from another CA replaces the files; then SIGHUP.
+    let ca2 = Ca::new("second CA");
+    ca2.server().write(dir.path(), "server");
+    b.wait_ready_logged();
+    b.signal("HUP");
+    b.wait_for_log("TLS certificates reloaded", WAIT);
+    assert!(wss_connects(port, &ca2, "after").await);
+    assert!(!wss_connects(port, &ca, "old-ca").await);
+}
