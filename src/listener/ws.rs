@@ -5,7 +5,8 @@
 //! of the request) and [`WsStream`], which turns binary WebSocket messages into the plain
 //! `AsyncRead + AsyncWrite` byte stream `connection::serve` takes, so every limit, the
 //! ACL and keepalive work as over TCP. Called by the listener (`serve_layered`) inside the
-//! listener's handshake timeout and handshake permit. Framing, masking, ping/pong and the
+//! listener's handshake timeout and handshake permit; [`connect`], the client side, is
+//! the load generator's (`benches/load.rs --ws`). Framing, masking, ping/pong and the
 //! close handshake are tokio-tungstenite's; this module never parses frames itself, and
 //! never looks at MQTT: packet boundaries and message boundaries are unrelated
 //! [MQTT-6.0.0-2], [MQTT-6.0.0-3].
