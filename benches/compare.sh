@@ -21,6 +21,10 @@
 #   --devices N         storm: devices, each with its own username (default 1000)
 #   --install-rumqttd   `cargo install rumqttd --version 0.20.0` first if it is not on PATH
 #   --no-pin            do not pin with taskset (broker on CPU 0, load tool on CPU 1)
+#   --ws                also run sluice and mosquitto over WebSocket ("sluice-ws",
+#                       "mosquitto-ws": the load tool's --ws, path /mqtt; mosquitto's
+#                       `protocol websockets` listener, beside a TCP one since 2.0.11 will
+#                       not start with a WebSocket listener alone)
 #   -- ARGS...          passed to the load tool as is (e.g. -- --publishers 20 --inflight 50)
 #
 # Every broker gets a fresh data dir and port for every run and is stopped after it; a trap
@@ -47,6 +51,7 @@ INSTALL_RUMQTTD=0
 RUMQTTD_SKIPPED=0
 PIN=1
 DEVICES=1000
+WS=0
 SCENARIOS=()
 EXTRA=()
 
@@ -66,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --install-rumqttd) INSTALL_RUMQTTD=1; shift ;;
     --no-pin) PIN=0; shift ;;
     --devices) DEVICES="$2"; shift 2 ;;
+    --ws) WS=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     fanin | fanout | pairs | latency | conns | persist | storm) SCENARIOS+=("$1"); shift ;;
@@ -122,7 +128,11 @@ if [[ -n ${WANT[rumqttd]:-} ]] && ! command -v rumqttd >/dev/null; then
     fi
 fi
 ORDER=()
-for b in sluice mosquitto rumqttd; do [[ -n ${WANT[$b]:-} ]] && ORDER+=("$b"); done
+for b in sluice mosquitto rumqttd; do
+    [[ -n ${WANT[$b]:-} ]] || continue
+    ORDER+=("$b")
+    [[ $WS == 1 && $b != rumqttd ]] && ORDER+=("$b-ws")
+done
 [[ ${#ORDER[@]} -gt 0 ]] || die "no broker to run"
 
 # --- build -------------------------------------------------------------------------------------
@@ -206,7 +216,14 @@ start_broker() {
     free_port
     local log=$OUT/$name.log
     case "$name" in
-    sluice)
+    sluice | sluice-ws)
+        local listen=(--listen "127.0.0.1:$PORT")
+        if [[ $name == sluice-ws ]]; then
+            local ws_port=$PORT
+            free_port
+            listen=(--listen "127.0.0.1:$PORT" --ws-listen "127.0.0.1:$ws_port")
+            PORT=$ws_port
+        fi
         cat >"$dir/sluice.toml" <<EOF
 [limits]
 max_queued_messages = 100000
@@ -216,7 +233,7 @@ EOF
         if [[ $scenario == storm ]]; then
             printf '[auth]\npassword_file = "%s"\n' "$WORK/sluice.passwd" >>"$dir/sluice.toml"
         fi
-        RUST_LOG=warn "${ON_CPU0[@]}" "$SLUICE" --config "$dir/sluice.toml" --listen "127.0.0.1:$PORT" \
+        RUST_LOG=warn "${ON_CPU0[@]}" "$SLUICE" --config "$dir/sluice.toml" "${listen[@]}" \
             --metrics-listen 127.0.0.1:0 \
             --data-dir "$dir/data" >"$dir/stdout" 2>>"$log" &
         BROKER_PID=$!
@@ -229,9 +246,18 @@ EOF
         echo "sluice did not become ready; see $log" >&2
         return 1
         ;;
-    mosquitto)
+    mosquitto | mosquitto-ws)
+        local ws_port=""
+        if [[ $name == mosquitto-ws ]]; then
+            ws_port=$PORT
+            free_port
+        fi
         {
             echo "listener $PORT 127.0.0.1"
+            if [[ -n $ws_port ]]; then
+                echo "listener $ws_port 127.0.0.1"
+                echo "protocol websockets"
+            fi
             echo "allow_anonymous true"
             echo "max_queued_messages 100000"
             echo "max_inflight_messages 100"
@@ -251,6 +277,7 @@ EOF
         } >"$dir/mosquitto.conf"
         "${ON_CPU0[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$log" 2>&1 &
         BROKER_PID=$!
+        [[ -z $ws_port ]] || PORT=$ws_port
         ;;
     rumqttd)
         cat >"$dir/rumqttd.toml" <<EOF
@@ -315,12 +342,14 @@ run_one() { # run_one BROKER SCENARIO QOS ROUND
             tee -a "$RESULTS"
         return 0
     fi
+    local transport=()
+    [[ $name == *-ws ]] && transport=(--ws)
     # In the background and waited for, so that a signal reaches the trap at once.
     local storm=()
     [[ $scenario == storm ]] && storm=(--connections "$DEVICES" --password "$STORM_PASSWORD")
     "${ON_CPU1[@]}" "$LOAD" "$scenario" --qos "$qos" --duration "$DURATION" --payload "$PAYLOAD" \
         --host 127.0.0.1 --port "$PORT" --broker-pid "$BROKER_PID" --label "$name" \
-        "${storm[@]}" "${EXTRA[@]}" >"$WORK/line" 2>>"$OUT/load.stderr" &
+        "${storm[@]}" "${transport[@]}" "${EXTRA[@]}" >"$WORK/line" 2>>"$OUT/load.stderr" &
     LOAD_PID=$!
     wait "$LOAD_PID" || true
     LOAD_PID=""
@@ -352,7 +381,8 @@ done
 
 # --- summary: medians and ratios ---------------------------------------------------------------
 echo
-echo "Medians over $ROUNDS round(s); ratio = sluice / other (↑: higher is better, ↓: lower is better)."
+echo "Medians over $ROUNDS round(s); ratio = sluice / other (↑: higher is better, ↓: lower is better);"
+echo "ws/tcp = sluice-ws / sluice, sl-ws/mq-ws = sluice-ws / mosquitto-ws (with --ws)."
 jq -rs '
   def median: sort | if length == 0 then null
       elif length % 2 == 1 then .[(length - 1) / 2]
@@ -384,18 +414,22 @@ jq -rs '
       else ((a / b * 100 | round) / 100 | tostring) end;
   [ .[] | select(.scenario != null) ] as $runs
   | ($runs | map({scenario, qos}) | unique) as $keys
-  | (["scenario", "qos", "metric", "sluice", "mosquitto", "rumqttd", "sl/mosq", "sl/rumq"] | @tsv),
+  | (["scenario", "qos", "metric", "sluice", "mosquitto", "rumqttd", "sl/mosq", "sl/rumq",
+      "sluice-ws", "mosquitto-ws", "ws/tcp", "sl-ws/mq-ws"] | @tsv),
     ($keys[] as $k
      | [$runs[] | select(.scenario == $k.scenario and .qos == $k.qos)] as $rs
      | ($rs[0] | metrics | map(.[0])) as $names
      | range(0; $names | length) as $i
-     | [ "sluice", "mosquitto", "rumqttd" ] as $bs
+     | [ "sluice", "mosquitto", "rumqttd", "sluice-ws", "mosquitto-ws" ] as $bs
      | [ $bs[] as $b | [ $rs[] | select(.broker == $b) | metrics | .[$i][1]
                          | select(. != null) | tonumber ] | median ] as $m
      | [ $k.scenario, ($k.qos | tostring), $names[$i],
          ($m[0] | fmt), ($m[1] | fmt), ($m[2] | fmt),
          (if $names[$i] | test("[↑↓]") then ratio($m[0]; $m[1]) else "-" end),
-         (if $names[$i] | test("[↑↓]") then ratio($m[0]; $m[2]) else "-" end) ] | @tsv)
+         (if $names[$i] | test("[↑↓]") then ratio($m[0]; $m[2]) else "-" end),
+         ($m[3] | fmt), ($m[4] | fmt),
+         (if $names[$i] | test("[↑↓]") then ratio($m[3]; $m[0]) else "-" end),
+         (if $names[$i] | test("[↑↓]") then ratio($m[3]; $m[4]) else "-" end) ] | @tsv)
 ' "$RESULTS" | column -t -s $'\t'
 echo
 echo "per-run JSON: $RESULTS"

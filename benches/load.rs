@@ -77,6 +77,7 @@ options:
   --drain SECS         after publishing stops, wait at most this long for deliveries (default 5)
   --max-msgs N         stop publishing after N messages in total (default 200000000)
   --threads T          tokio worker threads (default 1: current-thread runtime)
+  --ws                 connect over WebSocket (ws://127.0.0.1:PORT/mqtt, subprotocol mqtt)
 
 output (one JSON line): sent, acked (QoS 1), expected deliveries, received (including the
 drain after publishing stops), received_in_window and msgs_per_sec (deliveries within the
@@ -149,6 +150,8 @@ struct Opts {
     user_prefix: String,
     password: String,
     waves: usize,
+    /// MQTT over WebSocket (path /mqtt) instead of plain TCP.
+    ws: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
@@ -192,6 +195,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         user_prefix: "dev".into(),
         password: "device-secret".into(),
         waves: 10,
+        ws: false,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -239,6 +243,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--user-prefix" => o.user_prefix = val()?,
             "--password" => o.password = val()?,
             "--waves" => o.waves = num(flag, val()?)?,
+            "--ws" => o.ws = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -318,6 +323,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if opts.ws {
+        let _ = WS_PATH.set(sluice::config::DEFAULT_WS_PATH.to_owned());
+    }
     let nofile = raise_nofile_limit();
     // Hard stop, whatever the broker does: publishing (or connecting) + drain + set-up slack.
     let limit = opts.duration.max(30) + opts.drain + 120;
@@ -560,9 +568,134 @@ fn next_packet_id(id: &mut u16) -> u16 {
 // Connections
 
 struct Conn {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Rd,
+    wr: Wr,
     rbuf: BytesMut,
+}
+
+/// `--ws`: MQTT over WebSocket at this path instead of plain TCP.
+static WS_PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+type WsTcp = sluice::listener::ws::WsStream<TcpStream>;
+
+/// The read side of a connection: TCP, or WebSocket (`--ws`).
+enum Rd {
+    Tcp(OwnedReadHalf),
+    Ws(tokio::io::ReadHalf<WsTcp>),
+}
+
+/// An idle connection of the `conns` scenario.
+enum Idle {
+    Tcp(TcpStream),
+    Ws(Box<WsTcp>),
+}
+
+impl tokio::io::AsyncRead for Idle {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Idle {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Idle::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Idle::Ws(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The write side of a connection.
+enum Wr {
+    Tcp(OwnedWriteHalf),
+    Ws(tokio::io::WriteHalf<WsTcp>),
+}
+
+impl Rd {
+    /// Reads what is already there without waiting (WouldBlock when nothing is).
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        use futures::FutureExt;
+        match self {
+            Rd::Tcp(r) => r.try_read_buf(buf),
+            Rd::Ws(r) => r
+                .read_buf(buf)
+                .now_or_never()
+                .unwrap_or_else(|| Err(std::io::ErrorKind::WouldBlock.into())),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Rd {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Rd::Tcp(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            Rd::Ws(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Wr {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Wr::Tcp(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            Wr::Ws(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wr::Tcp(w) => std::pin::Pin::new(w).poll_flush(cx),
+            Wr::Ws(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wr::Tcp(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            Wr::Ws(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Conn {
@@ -576,7 +709,19 @@ impl Conn {
             .await
             .map_err(|e| describe_io("connect", &e))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = match WS_PATH.get() {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (Rd::Tcp(rd), Wr::Tcp(wr))
+            }
+            Some(path) => {
+                let ws = sluice::listener::ws::connect(stream, &addr.to_string(), path)
+                    .await
+                    .map_err(|e| format!("{client_id}: {e}"))?;
+                let (rd, wr) = tokio::io::split(ws);
+                (Rd::Ws(rd), Wr::Ws(wr))
+            }
+        };
         let mut c = Conn {
             rd,
             wr,
@@ -1112,6 +1257,7 @@ async fn run(o: Opts, nofile: u64) -> String {
     let mut j = Json::new();
     j.str("scenario", o.scenario.name())
         .str("broker", &o.label)
+        .str("transport", if o.ws { "ws" } else { "tcp" })
         .num("qos", o.qos)
         .num("payload", o.payload)
         .num("duration_s", o.duration);
@@ -1362,7 +1508,7 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
     let deadline = Instant::now() + Duration::from_secs(o.duration.max(30));
     let rss_before = o.broker_pid.and_then(proc_rss_kib);
     let started = Instant::now();
-    let mut conns: Vec<TcpStream> = Vec::with_capacity(o.connections);
+    let mut conns: Vec<Idle> = Vec::with_capacity(o.connections);
     let mut set = tokio::task::JoinSet::new();
     let concurrency = o.conn_concurrency;
     let mut next = 0usize;
@@ -1372,10 +1518,18 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
             let id = format!("ld{tag}-c{next}");
             next += 1;
             set.spawn(async move {
-                let mut s = TcpStream::connect(addr)
+                let tcp = TcpStream::connect(addr)
                     .await
                     .map_err(|e| (describe_io("connect", &e), e.raw_os_error()))?;
-                let _ = s.set_nodelay(true);
+                let _ = tcp.set_nodelay(true);
+                let mut s = match WS_PATH.get() {
+                    None => Idle::Tcp(tcp),
+                    Some(path) => Idle::Ws(Box::new(
+                        sluice::listener::ws::connect(tcp, &addr.to_string(), path)
+                            .await
+                            .map_err(|e| (format!("upgrade: {e}"), None))?,
+                    )),
+                };
                 s.write_all(&connect_packet(&id, true, KEEPALIVE))
                     .await
                     .map_err(|e| (describe_io("CONNECT", &e), e.raw_os_error()))?;
@@ -1422,10 +1576,11 @@ async fn run_conns(o: &Opts, addr: SocketAddr, nofile: u64, j: &mut Json, errors
     // Are they still open? A broker that dropped them would show here.
     let mut alive = 0u64;
     let mut probe = [0u8; 1];
-    for s in &conns {
-        match s.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => alive += 1,
-            _ => {}
+    for s in &mut conns {
+        use futures::FutureExt;
+        // Nothing to read yet (not closed) means alive.
+        if s.read(&mut probe).now_or_never().is_none() {
+            alive += 1;
         }
     }
     j.num("connected", conns.len())

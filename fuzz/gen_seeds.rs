@@ -1,7 +1,7 @@
 //! Writes the committed seed corpus in `fuzz/seeds/<target>/` from real encodings: packet
 //! captures from mosquitto 2.0.11 (the codec tests' byte arrays), sluice's own encoding
-//! of every packet kind, segment files written by a real `Store`, and sample password
-//! and ACL files. Not a fuzz target; run it when the formats change:
+//! of every packet kind, segment files written by a real `Store`, sample password
+//! and ACL files, and PROXY protocol v1 and v2 headers. Not a fuzz target; run it when the formats change:
 //! `cargo run --manifest-path fuzz/Cargo.toml --bin gen_seeds`.
 
 use std::path::{Path, PathBuf};
@@ -432,5 +432,19 @@ fn main() {
     trie_seeds(&seeds.join("trie"));
     store_seeds(&seeds.join("store_segment"));
     auth_seeds(&seeds.join("auth_files"));
+    proxy_seeds(&seeds.join("proxy_header"));
     println!("seeds written to {}", seeds.display());
+}
+
+fn proxy_seeds(dir: &Path) {
+    use sluice::listener::proxy::{encode_v2, V2_SIGNATURE};
+    let addr = |s: &str| s.parse().expect("address");
+    write(dir, "v1_tcp4", b"PROXY TCP4 192.0.2.7 198.51.100.1 51000 1883\r\n\x10");
+    write(dir, "v1_tcp6", b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 1883\r\n");
+    write(dir, "v1_unknown", b"PROXY UNKNOWN\r\n");
+    write(dir, "v2_tcp4", &encode_v2(addr("203.0.113.9:40000"), addr("10.0.0.1:1883")));
+    write(dir, "v2_tcp6", &encode_v2(addr("[2001:db8::5]:7"), addr("[2001:db8::1]:1883")));
+    let mut local = V2_SIGNATURE.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    write(dir, "v2_local", &local);
 }

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
-TARGETS=(decode topic trie store_segment auth_files cluster_wire)
+TARGETS=(decode topic trie store_segment auth_files cluster_wire proxy_header)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -175,7 +175,26 @@ impl Default for DeadLetterConfig {
 pub enum ListenerKind {
     Tcp,
     Tls,
+    /// MQTT over WebSocket (MQTT 5 §6, 3.1.1 §6).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
+
+impl ListenerKind {
+    /// Whether the listener speaks TLS first (`tls`, `wss`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// Whether MQTT travels in WebSocket messages (`ws`, `wss`).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+/// The WebSocket path when a `ws`/`wss` listener sets none.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,9 +224,22 @@ pub struct ListenerConfig {
     /// TLS: PEM certificate revocation lists for client certificates.
     #[serde(default)]
     pub crl_file: Option<PathBuf>,
-    /// TLS: a handshake not finished within this many seconds is cut off.
+    /// Everything before MQTT (PROXY header, TLS handshake, WebSocket upgrade) not
+    /// finished within this many seconds is cut off.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
+    /// ws/wss: the HTTP path of the upgrade request (default `/mqtt`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// ws/wss: browser origins allowed to connect (`Origin` header, e.g.
+    /// `https://dash.example.com`). Empty: every origin. A request without `Origin` (not
+    /// a browser) is always allowed.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (from a load
+    /// balancer); its source address is the client's. Connections without one are closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn default_listener_kind() -> ListenerKind {
@@ -231,7 +263,15 @@ impl ListenerConfig {
             use_identity_as_username: false,
             crl_file: None,
             handshake_timeout_secs: default_handshake_timeout(),
+            path: None,
+            allowed_origins: Vec::new(),
+            proxy_protocol: false,
         }
+    }
+
+    /// The WebSocket path of a ws/wss listener.
+    pub fn ws_path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_WS_PATH)
     }
 
     /// Whether anonymous clients may connect here: as configured, or only on loopback.
@@ -240,11 +280,13 @@ impl ListenerConfig {
             .unwrap_or_else(|| self.bind.ip().is_loopback())
     }
 
-    /// The ready-line and metrics label: "mqtt" or "mqtts".
+    /// The ready-line and metrics label: "mqtt", "mqtts", "ws" or "wss".
     pub fn scheme(&self) -> &'static str {
         match self.kind {
             ListenerKind::Tcp => "mqtt",
             ListenerKind::Tls => "mqtts",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
         }
     }
 }
@@ -468,12 +510,12 @@ impl Config {
             );
         }
         for listener in &self.listeners {
-            if listener.kind == ListenerKind::Tls
+            if listener.kind.is_tls()
                 && (listener.cert_file.is_none() || listener.key_file.is_none())
             {
                 return invalid(
                     "listener.cert_file",
-                    "a tls listener needs cert_file and key_file",
+                    "a tls or wss listener needs cert_file and key_file",
                 );
             }
             if listener.require_client_cert && listener.client_ca_file.is_none() {
@@ -482,13 +524,24 @@ impl Config {
                     "needs client_ca_file to verify client certificates against",
                 );
             }
-            if listener.kind == ListenerKind::Tcp
+            if !listener.kind.is_tls()
                 && (listener.cert_file.is_some() || listener.client_ca_file.is_some())
             {
                 return invalid(
                     "listener.kind",
-                    "certificate files are set on a listener whose kind is not \"tls\"",
+                    "certificate files are set on a listener whose kind is not \"tls\" or \"wss\"",
                 );
+            }
+            if !listener.kind.is_websocket()
+                && (listener.path.is_some() || !listener.allowed_origins.is_empty())
+            {
+                return invalid(
+                    "listener.path",
+                    "path and allowed_origins are for listeners whose kind is \"ws\" or \"wss\"",
+                );
+            }
+            if !listener.ws_path().starts_with('/') {
+                return invalid("listener.path", "must start with '/'");
             }
             if listener.handshake_timeout_secs == 0 {
                 return invalid("listener.handshake_timeout_secs", "must be at least 1");
@@ -667,6 +720,18 @@ mod tests {
                 "limits.max_client_id_len",
             ),
             ("listener = []\n", "listener"),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:0\"\nkind = \"wss\"\n",
+                "listener.cert_file",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\n",
+                "listener.path",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:0\"\nkind = \"ws\"\npath = \"mqtt\"\n",
+                "listener.path",
+            ),
             ("[cluster]\nenabled = true\n", "cluster.node"),
             (
                 "[cluster]\nenabled = true\nnode = \"a.b\"\n",

@@ -16,8 +16,8 @@ use std::time::Duration;
 ///
 /// With no arguments it serves plain MQTT on 127.0.0.1:1883, keeps its data in ./data and
 /// serves Prometheus metrics, the admin API and the console on 127.0.0.1:9641 (/metrics,
-/// /api/v1/..., /). When ready it prints one line,
-/// `sluice ready mqtt=ADDR ...`, naming every bound address.
+/// /api/v1/..., /). When ready it prints one line, `sluice ready mqtt=ADDR ...`, naming
+/// every bound address (mqtt=, mqtts=, ws=, wss=, metrics=, admin=).
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about)]
 struct Cli {
@@ -41,6 +41,9 @@ struct Cli {
     /// TLS listener address (needs --tls-cert and --tls-key); added to the listeners.
     #[arg(long, value_name = "HOST:PORT", requires_all = ["tls_cert", "tls_key"])]
     tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket listener address (path /mqtt); added to the listeners.
+    #[arg(long, value_name = "HOST:PORT")]
+    ws_listen: Option<SocketAddr>,
     /// PEM certificate chain for --tls-listen.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -490,6 +493,11 @@ fn load_config(cli: &Cli) -> Result<Config, sluice::config::ConfigError> {
             .iter()
             .map(|&bind| ListenerConfig::tcp(bind))
             .collect();
+    }
+    if let Some(bind) = cli.ws_listen {
+        let mut ws = ListenerConfig::tcp(bind);
+        ws.kind = ListenerKind::Ws;
+        config.listeners.push(ws);
     }
     if let Some(bind) = cli.tls_listen {
         let mut tls = ListenerConfig::tcp(bind);

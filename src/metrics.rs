@@ -20,6 +20,12 @@ use std::sync::{Arc, LazyLock};
 pub const CONNECTIONS: &str = "sluice_connections";
 pub const CONNECTIONS_ACCEPTED: &str = "sluice_connections_accepted_total";
 pub const CONNECTIONS_REFUSED: &str = "sluice_connections_refused_total";
+/// Open connections past CONNECT by listener kind (label `listener`: mqtt, mqtts, ws,
+/// wss); `sluice_connections` is their sum.
+pub const LISTENER_CONNECTIONS: &str = "sluice_listener_connections";
+/// Connections closed before MQTT: PROXY header, WebSocket upgrade, or the handshake
+/// timeout or permit (labels `listener`, `reason`).
+pub const HANDSHAKE_FAILURES: &str = "sluice_handshake_failures_total";
 // Sessions and routing state (sampled).
 pub const SESSIONS_ONLINE: &str = "sluice_sessions_online";
 pub const SESSIONS_OFFLINE: &str = "sluice_sessions_offline_persistent";
@@ -162,6 +168,14 @@ pub fn describe_all() {
         "Distinct subscription filters other nodes hold, as this node last heard."
     );
     describe_gauge!(CONNECTIONS, "Open MQTT connections past CONNECT.");
+    describe_gauge!(
+        LISTENER_CONNECTIONS,
+        "Open MQTT connections past CONNECT, by listener kind (mqtt, mqtts, ws, wss)."
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES,
+        "Connections closed before MQTT: bad or missing PROXY header, refused WebSocket upgrade (reason path, origin, subprotocol, too_large, handshake), timeout, or max_tls_handshakes."
+    );
     describe_counter!(TLS_HANDSHAKES, "TLS handshakes completed on TLS listeners.");
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,

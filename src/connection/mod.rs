@@ -215,9 +215,13 @@ where
     // Boxed: the handshake's state is only needed until CONNECT is answered, and would
     // otherwise be part of every connection's future for its whole life.
     let accepted = Box::pin(accept_connect(stream, &broker, &info).instrument(span.clone())).await;
+    let by_listener =
+        metrics::gauge!(metric::LISTENER_CONNECTIONS, "listener" => info.listener.config.scheme());
     drop(info);
     if let Some((conn, rd, wr, buf)) = accepted {
-        conn.run(rd, wr, buf, broker).instrument(span).await
+        by_listener.increment(1.0);
+        conn.run(rd, wr, buf, broker).instrument(span).await;
+        by_listener.decrement(1.0);
     }
 }
 

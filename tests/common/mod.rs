@@ -9,6 +9,7 @@ pub mod log;
 pub mod packet;
 pub mod raw;
 pub mod rumq;
+pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -35,6 +36,10 @@ pub struct Broker {
     extra: Vec<String>,
     /// Processes started so far (restarts included).
     launches: usize,
+    /// Every `scheme=addr` of the ready line (mqtt, mqtts, ws, wss), in order.
+    addrs: Vec<(String, SocketAddr)>,
+    /// Keep the config file's `[[listener]]`s instead of `--listen 127.0.0.1:0`.
+    own_listeners: bool,
 }
 
 impl Broker {
@@ -49,8 +54,18 @@ impl Broker {
         Broker::spawn(Some(toml), &[])
     }
 
+    /// Starts a broker whose listeners are the `[[listener]]`s of `toml` (bind them to
+    /// port 0); their addresses are [`Broker::addr_of`].
+    pub fn start_with_listeners(toml: &str, extra: &[&str]) -> Broker {
+        Broker::spawn_inner(Some(toml), extra, true)
+    }
+
     /// Starts a broker; `toml` becomes `--config`, `extra` are more arguments.
     pub fn spawn(toml: Option<&str>, extra: &[&str]) -> Broker {
+        Broker::spawn_inner(toml, extra, false)
+    }
+
+    fn spawn_inner(toml: Option<&str>, extra: &[&str], own_listeners: bool) -> Broker {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let stderr_path = dir.path().join("sluice.stderr");
         if let Some(toml) = toml {
@@ -65,6 +80,8 @@ impl Broker {
             stderr_path,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             launches: 0,
+            addrs: Vec::new(),
+            own_listeners,
         };
         broker.launch();
         broker
@@ -79,9 +96,10 @@ impl Broker {
             .open(&self.stderr_path)
             .expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
+        if !self.own_listeners {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.arg("--data-dir")
             .arg(self.data_dir())
             .arg("--metrics-listen")
             .arg("127.0.0.1:0");
@@ -115,6 +133,7 @@ impl Broker {
             Ok(line) => match parse_ready_line(&line) {
                 Some(addr) => {
                     self.addr = addr;
+                    self.addrs = ready_line_addrs(&line);
                     let named = |key: &str| {
                         line.split_whitespace()
                             .find_map(|w| w.strip_prefix(key))
@@ -201,6 +220,17 @@ impl Broker {
         let (status, body) = self.api("GET", path, None);
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The `n`th listener address of `scheme` ("mqtt", "mqtts", "ws", "wss").
+    pub fn addr_of(&self, scheme: &str, n: usize) -> SocketAddr {
+        match self.addrs.iter().filter(|(s, _)| s == scheme).nth(n) {
+            Some((_, a)) => *a,
+            None => panic!(
+                "no {scheme} listener #{n} in the ready line: {:?}",
+                self.addrs
+            ),
+        }
     }
 
     /// GET /metrics (bounded to 5 s); panics when metrics are off or unreachable.
@@ -420,15 +450,29 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// `sluice ready mqtt=127.0.0.1:PORT [key=addr ...]` → the first mqtt address.
+/// `sluice ready mqtt=127.0.0.1:PORT [key=addr ...]` → the first mqtt address (or, with
+/// no plain listener, the first listener's).
 pub fn parse_ready_line(line: &str) -> Option<SocketAddr> {
+    let addrs = ready_line_addrs(line);
+    addrs
+        .iter()
+        .find(|(s, _)| s == "mqtt")
+        .or_else(|| addrs.iter().find(|(s, _)| s != "metrics"))
+        .map(|(_, a)| *a)
+}
+
+/// Every `scheme=addr` of a ready line, in order; empty when `line` is not one.
+pub fn ready_line_addrs(line: &str) -> Vec<(String, SocketAddr)> {
     let mut words = line.split_whitespace();
-    if words.next()? != "sluice" || words.next()? != "ready" {
-        return None;
+    if words.next() != Some("sluice") || words.next() != Some("ready") {
+        return Vec::new();
     }
     words
-        .filter_map(|w| w.strip_prefix("mqtt="))
-        .find_map(|a| a.parse().ok())
+        .filter_map(|w| {
+            let (scheme, addr) = w.split_once('=')?;
+            Some((scheme.to_owned(), addr.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Runs `fut` under `dur`, panicking with `what` when it takes longer.
