@@ -135,6 +135,13 @@ async fn wildcard_fan_out_reaches_every_node_once() {
         info["remote_filters"].as_u64() >= Some(2),
         "b's and c's filters: {info}"
     );
+    let nodes: Vec<&str> = info["remote_nodes"]
+        .as_array()
+        .expect("remote_nodes")
+        .iter()
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    assert_eq!(nodes, ["b", "c"], "the other nodes with interest: {info}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,6 +289,15 @@ pub struct ClusterInfo {
     pub nats_urls: Vec<String>,
     /// Distinct subscription filters other nodes hold.
     pub remote_filters: usize,
+    /// The other nodes that hold subscriptions (as their interest announces them), with
+    /// their filter counts. A node with no subscription is not listed.
+    pub remote_nodes: Vec<RemoteNode>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoteNode {
+    pub node: String,
+    pub filters: usize,
 }
 
 /// The admin API's handle on the broker.
@@ -911,6 +920,11 @@ impl Admin {
             nats_connected: c.is_connected(),
             nats_urls: self.broker.config.cluster.nats_urls.clone(),
             remote_filters: c.remote_filters(),
+            remote_nodes: c
+                .remote_nodes()
+                .into_iter()
+                .map(|(node, filters)| RemoteNode { node, filters })
+                .collect(),
         })
     }
 }

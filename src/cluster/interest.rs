@@ -16,6 +16,8 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct RemoteInterest {
     trie: TopicTrie<(Arc<str>, Arc<str>), bool>,
+    /// Filters held per node, so the nodes with interest can be listed.
+    per_node: HashMap<Arc<str>, usize>,
 }
 
 /// Who elsewhere wants a topic.
@@ -43,15 +45,43 @@ fn trie_filter(filter: &str) -> Option<&str> {
 impl RemoteInterest {
     pub fn set(&mut self, node: &str, filter: &str, durable: bool) {
         if let Some(f) = trie_filter(filter) {
-            self.trie
-                .insert(f, (Arc::from(node), Arc::from(filter)), durable);
+            let node: Arc<str> = Arc::from(node);
+            let old = self
+                .trie
+                .insert(f, (Arc::clone(&node), Arc::from(filter)), durable);
+            if old.is_none() {
+                *self.per_node.entry(node).or_default() += 1;
+            }
         }
     }
 
     pub fn remove(&mut self, node: &str, filter: &str) {
         if let Some(f) = trie_filter(filter) {
-            self.trie.remove(f, &(Arc::from(node), Arc::from(filter)));
+            let node: Arc<str> = Arc::from(node);
+            if self
+                .trie
+                .remove(f, &(Arc::clone(&node), Arc::from(filter)))
+                .is_some()
+            {
+                if let Some(n) = self.per_node.get_mut(&node) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_node.remove(&node);
+                    }
+                }
+            }
         }
+    }
+
+    /// The other nodes that hold subscriptions, with how many filters each, by name.
+    pub fn nodes(&self) -> Vec<(String, usize)> {
+        let mut nodes: Vec<(String, usize)> = self
+            .per_node
+            .iter()
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect();
+        nodes.sort();
+        nodes
     }
 
     pub fn len(&self) -> usize {

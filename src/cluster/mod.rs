@@ -387,6 +387,11 @@ impl Cluster {
         self.remote.read().len()
     }
 
+    /// The other nodes that announced subscriptions, with their filter counts.
+    pub fn remote_nodes(&self) -> Vec<(String, usize)> {
+        self.remote.read().nodes()
+    }
+
     /// Whether NATS is reachable now. While it is not (a partition), the node serves
     /// its local clients; what needs another node fails fast instead of waiting.
     pub fn is_connected(&self) -> bool {
