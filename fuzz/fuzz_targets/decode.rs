@@ -19,7 +19,8 @@ use sluice::protocol::{
 };
 
 const MAX_PACKET: usize = 64 * 1024;
-/// Re-encoding may be a few bytes longer than the input (v5 `e0 00` becomes `e0 02 00 00`).
+/// Re-encoding may differ in length from the input (v5 acks and DISCONNECT are encoded in
+/// their shortest form).
 const MAX_REDECODE: usize = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
@@ -118,8 +119,10 @@ fn normalise(packet: Packet, v: ProtocolVersion) -> Packet {
     match packet {
         // Session Present must be 0 with a failure code [MQTT-3.2.2-4] (v5: -6); the
         // encoder clears it. (A server sending it set is the server's bug.)
+        // MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved and
+        // the encoder writes 0 (3.1 §3.2).
         Packet::ConnAck(mut c) => {
-            c.session_present &= c.code == 0;
+            c.session_present &= c.code == 0 && v != ProtocolVersion::V3_1;
             Packet::ConnAck(c)
         }
         // 3.x SUBACK has one failure code, 0x80; v5 failure codes map down to it.
