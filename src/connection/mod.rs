@@ -206,12 +206,14 @@ pub struct ConnInfo {
     pub tls_identity: Option<String>,
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>, info: ConnInfo)
+/// Serves one accepted connection until it closes. `info` is boxed: it is needed only
+/// until CONNECT is answered, and an argument is part of the connection's future for its
+/// whole life.
+pub async fn serve<S>(stream: S, broker: Arc<Broker>, info: Box<ConnInfo>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    let span = tracing::info_span!("conn", peer = %info.peer, client_id = tracing::field::Empty);
     // Boxed: the handshake's state is only needed until CONNECT is answered, and would
     // otherwise be part of every connection's future for its whole life.
     let accepted = Box::pin(accept_connect(stream, &broker, &info).instrument(span.clone())).await;

@@ -115,12 +115,12 @@ pub(crate) async fn serve_accepted(
 ) {
     let c = &listener.config;
     if c.kind == ListenerKind::Tcp && !c.proxy_protocol {
-        let info = ConnInfo {
+        let info = Box::new(ConnInfo {
             listener: Arc::clone(&listener),
             peer,
             tls_identity: None,
-        };
-        connection::serve(stream, peer, broker, info).await
+        });
+        connection::serve(stream, broker, info).await
     } else {
         // Boxed: the layers' streams and handshakes are large, and a plain connection's
         // task would otherwise carry their space for its whole life.
@@ -202,18 +202,20 @@ async fn serve_layered(
         Err(_) => return timed_out(&listener, peer, "handshake", timeout),
     };
     drop(handshake_permit);
-    let info = |tls_identity| ConnInfo {
-        listener: Arc::clone(&listener),
-        peer,
-        tls_identity,
+    let info = |tls_identity| {
+        Box::new(ConnInfo {
+            listener: Arc::clone(&listener),
+            peer,
+            tls_identity,
+        })
     };
     // The layered streams stay boxed: the connection's future then holds a pointer, not
     // a TLS or WebSocket state, for the connection's whole life.
     match layered {
-        Layered::Tcp(s) => connection::serve(s, peer, broker, info(None)).await,
-        Layered::Tls(s, id) => connection::serve(s, peer, broker, info(id)).await,
-        Layered::Ws(s) => connection::serve(s, peer, broker, info(None)).await,
-        Layered::Wss(s, id) => connection::serve(s, peer, broker, info(id)).await,
+        Layered::Tcp(s) => connection::serve(s, broker, info(None)).await,
+        Layered::Tls(s, id) => connection::serve(s, broker, info(id)).await,
+        Layered::Ws(s) => connection::serve(s, broker, info(None)).await,
+        Layered::Wss(s, id) => connection::serve(s, broker, info(id)).await,
     }
 }
 
