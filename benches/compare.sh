@@ -232,6 +232,11 @@ durability = "fsync"
 EOF
         if [[ $scenario == storm ]]; then
             printf '[auth]\npassword_file = "%s"\n' "$WORK/sluice.passwd" >>"$dir/sluice.toml"
+            # The probe publishes QoS 1 to a topic nobody subscribes to: mosquitto drops
+            # such a message, sluice would make each a durable no_subscribers dead letter
+            # (an fsync per probe message). Off, so both do the same work; with it on the
+            # probe's p99 measures the fsync on the saturated core (README, Performance).
+            printf '[dead_letter]\nno_subscribers = false\n' >>"$dir/sluice.toml"
         fi
         RUST_LOG=warn "${ON_CPU0[@]}" "$SLUICE" --config "$dir/sluice.toml" "${listen[@]}" \
             --metrics-listen 127.0.0.1:0 \
