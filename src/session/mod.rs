@@ -577,7 +577,7 @@ impl Session {
             let Some(message) = feed.messages.pop_front() else {
                 continue;
             };
-            let mut delivery = Delivery {
+            let delivery = Delivery {
                 message,
                 qos,
                 retain: true,
@@ -590,39 +590,17 @@ impl Session {
             if delivery.message.is_expired(now) || !may_read(&delivery) || too_large(&delivery) {
                 continue;
             }
-            if qos == QoS::AtMostOnce {
-                out.push(Outgoing::Publish {
-                    delivery,
-                    packet_id: 0,
-                    dup: false,
-                });
-                continue;
-            }
-            let packet_id = next_free_packet_id(st);
-            delivery.attempts = 1;
-            st.inflight_bytes += delivery.message.cost();
-            st.inflight.push_back(Inflight {
-                packet_id,
-                delivery: delivery.clone(),
-                stage: Stage::Published,
-                retained_copy: true,
-            });
-            out.push(Outgoing::Publish {
-                delivery,
-                packet_id,
-                dup: false,
-            });
+            send_now(st, delivery, true, out);
         }
-        while out.len() < max {
-            if st.retained.iter().any(|f| !f.messages.is_empty()) {
-                // The inflight window is full and retained copies go first.
-                break;
-            }
+        // Empty feeds were popped above: one left means the window filled while retained
+        // copies wait, and they go first.
+        let retained_waiting = !st.retained.is_empty();
+        while out.len() < max && !retained_waiting {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
             }
-            let Some(mut delivery) = st.queue.pop_front() else {
+            let Some(delivery) = st.queue.pop_front() else {
                 break;
             };
             st.queued_bytes -= delivery.message.cost();
@@ -644,28 +622,7 @@ impl Session {
                 dropped.push((delivery, Some(DeadLetterReason::TooLarge)));
                 continue;
             }
-            if delivery.qos == QoS::AtMostOnce {
-                out.push(Outgoing::Publish {
-                    delivery,
-                    packet_id: 0,
-                    dup: false,
-                });
-                continue;
-            }
-            let packet_id = next_free_packet_id(&mut st);
-            delivery.attempts += 1;
-            st.inflight_bytes += delivery.message.cost();
-            st.inflight.push_back(Inflight {
-                packet_id,
-                delivery: delivery.clone(),
-                stage: Stage::Published,
-                retained_copy: false,
-            });
-            out.push(Outgoing::Publish {
-                delivery,
-                packet_id,
-                dup: false,
-            });
+            send_now(&mut st, delivery, false, out);
         }
         self.settle(&mut st);
     }
@@ -921,6 +878,38 @@ impl Drop for Session {
     }
 }
 
+/// Sends `delivery` now: QoS 0 as it is, QoS 1/2 into the inflight window under a free
+/// packet id, counted as one more attempt.
+fn send_now(
+    st: &mut SessionState,
+    mut delivery: Delivery,
+    retained_copy: bool,
+    out: &mut Vec<Outgoing>,
+) {
+    if delivery.qos == QoS::AtMostOnce {
+        out.push(Outgoing::Publish {
+            delivery,
+            packet_id: 0,
+            dup: false,
+        });
+        return;
+    }
+    let packet_id = next_free_packet_id(st);
+    delivery.attempts += 1;
+    st.inflight_bytes += delivery.message.cost();
+    st.inflight.push_back(Inflight {
+        packet_id,
+        delivery: delivery.clone(),
+        stage: Stage::Published,
+        retained_copy,
+    });
+    out.push(Outgoing::Publish {
+        delivery,
+        packet_id,
+        dup: false,
+    });
+}
+
 fn next_free_packet_id(st: &mut SessionState) -> u16 {
     // The window is at most 65535 wide, so a free id always exists; the loop is bounded
     // by the inflight count.
@@ -1010,7 +999,7 @@ mod tests {
         })
     }
 
-    fn delivery(id: u64, qos: QoS) -> Delivery {
+    pub(super) fn delivery(id: u64, qos: QoS) -> Delivery {
         Delivery {
             message: msg(id, qos),
             qos,

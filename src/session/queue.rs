@@ -177,29 +177,10 @@ impl SessionQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
-    use crate::protocol::{MessageProperties, QoS};
-    use std::sync::Arc;
+    use crate::protocol::QoS;
 
     fn d(id: u64) -> Delivery {
-        Delivery {
-            message: Arc::new(Message {
-                id,
-                topic: "t".into(),
-                payload: bytes::Bytes::new(),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: MessageProperties::default(),
-                publisher: Arc::from("p"),
-                received_at_ms: 0,
-                expires_at_ms: None,
-            }),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: Vec::new(),
-            attempts: 0,
-            durable: false,
-        }
+        crate::session::tests::delivery(id, QoS::AtLeastOnce)
     }
 
     fn ids(v: Vec<Delivery>) -> Vec<u64> {

@@ -83,6 +83,26 @@ impl Live {
     }
 }
 
+/// The queued entry a per-entry record (Attempt, Outbound) refers to; one for an entry
+/// no longer queued (acked meanwhile) is ignored.
+fn queued_entry<'a>(
+    queues: &'a mut HashMap<String, BTreeMap<u64, QEntry>>,
+    session: &str,
+    message_id: u64,
+    what: &str,
+) -> Option<&'a mut QEntry> {
+    let entry = queues
+        .get_mut(session)
+        .and_then(|queue| queue.get_mut(&message_id));
+    if entry.is_none() {
+        debug!(
+            session,
+            message_id, "{what} for an entry not queued ignored"
+        );
+    }
+    entry
+}
+
 /// Keys already carried during one compaction, so dependents carried with their message
 /// are not carried a second time when the scan reaches their own (now dead) copy.
 #[derive(Debug, Default)]
@@ -192,15 +212,8 @@ impl Index {
                 message_id,
                 attempts,
             } => {
-                let Some(q) = self
-                    .queues
-                    .get_mut(session)
-                    .and_then(|queue| queue.get_mut(message_id))
+                let Some(q) = queued_entry(&mut self.queues, session, *message_id, "attempt")
                 else {
-                    debug!(
-                        session,
-                        message_id, "attempt for an entry not queued ignored"
-                    );
                     return;
                 };
                 if let Some(old) = q.att {
@@ -216,15 +229,9 @@ impl Index {
                 packet_id,
                 released,
             } => {
-                let Some(q) = self
-                    .queues
-                    .get_mut(session)
-                    .and_then(|queue| queue.get_mut(message_id))
+                let Some(q) =
+                    queued_entry(&mut self.queues, session, *message_id, "outbound state")
                 else {
-                    debug!(
-                        session,
-                        message_id, "outbound state for an entry not queued ignored"
-                    );
                     return;
                 };
                 if let Some((_, _, old)) = q.outbound {
