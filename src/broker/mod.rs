@@ -727,10 +727,12 @@ impl Broker {
             let now = crate::message::now_ms();
             let due = self.delayed.take_due(now, BATCH);
             if due.is_empty() {
+                // Saturating: a message due at once (`$delayed/0/...`) may have arrived
+                // since `take_due` looked.
                 let wait = self
                     .delayed
                     .next_due()
-                    .map(|d| Duration::from_millis(d - now));
+                    .map(|d| Duration::from_millis(d.saturating_sub(now)));
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
                     _ = self.delayed.changed() => {}
